@@ -1,0 +1,209 @@
+"""Algorithms as small values of pure functions, built by factories (in the spirit of optax).
+
+Per-node functions (`init_node`, `node_update`, `models`, `finetune`) are written for ONE node;
+`server_update` sees uploads with a leading node axis [C, ...]. Algorithms never loop over
+nodes nor call `vmap`: the engine does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import optax
+from flax import nnx
+
+from fedmtl.aggregation import weighted_mean
+from fedmtl.local import NodeData, Schedule, minibatch_steps
+from fedmtl.models import Model
+from fedmtl.objectives import masked_mean_loss
+
+
+class Algorithm(NamedTuple):
+    """A federated algorithm.
+
+    Attributes:
+      name: short name used in reports.
+      model: the split model (shared / personal parameters).
+      init: key -> server state.
+      init_node: key -> state of ONE node (personal parameters, optimizer state, ...).
+      broadcast: server state -> what every node receives this round.
+      node_update: (broadcast, node state, NodeData, key, Schedule) ->
+        (upload, new node state, (loss sum, examples seen)); for ONE node.
+      server_update: (server state, uploads [C, ...], weights [C]) -> server state.
+      models: (broadcast, node state) -> {kind: (shared, personal)} parameters to evaluate on
+        the node; kinds are "global", "personalized" or "local".
+      finetune: ((shared, personal), NodeData, key, Schedule, steps) -> (shared, personal),
+        the local fine-tuning used to personalize a global model before testing; or None.
+    """
+
+    name: str
+    model: Model
+    init: Callable[[jax.Array], Any]
+    init_node: Callable[[jax.Array], Any]
+    broadcast: Callable[[Any], Any]
+    node_update: Callable[..., tuple[Any, Any, Any]]
+    server_update: Callable[[Any, Any, jax.Array], Any]
+    models: Callable[[Any, Any], dict]
+    finetune: Callable[..., Any] | None = None
+
+
+class ServerState(NamedTuple):
+    """Shared parameters and the server optimizer's state."""
+
+    params: Any
+    opt_state: Any
+
+
+def _optimizer(opt: optax.GradientTransformation | float) -> optax.GradientTransformation:
+    return optax.sgd(opt) if isinstance(opt, int | float) else opt
+
+
+def _train(model: Model, optimizer, params, data: NodeData, key, schedule: Schedule, steps=None):
+    """Minibatch training of (shared, personal) parameters on one node."""
+
+    def loss_fn(p, x, y, mask):
+        return masked_mean_loss(schedule.task, model.apply(p[0], p[1], x), y, mask)
+
+    return minibatch_steps(loss_fn, optimizer, params, data, key, schedule, steps=steps)
+
+
+def _delta_server(model: Model, server_optimizer):
+    """init / server_update for algorithms whose nodes upload shared-parameter deltas.
+
+    The server treats minus the weighted mean delta as a pseudo-gradient for its optax
+    optimizer, so `optax.sgd(1.0)` is plain averaging and `optax.adam` gives FedAdam.
+    """
+
+    def init(key):
+        del key
+        return ServerState(model.shared, server_optimizer.init(model.shared))
+
+    def server_update(server: ServerState, uploads, weights):
+        pseudo_grad = jax.tree.map(lambda d: -d, weighted_mean(uploads, weights))
+        updates, opt_state = server_optimizer.update(pseudo_grad, server.opt_state, server.params)
+        return ServerState(optax.apply_updates(server.params, updates), opt_state)
+
+    return init, server_update
+
+
+def _finetune(model: Model, optimizer):
+    def finetune(params, data, key, schedule, steps):
+        return _train(model, optimizer, params, data, key, schedule, steps)[0]
+
+    return finetune
+
+
+def fedavg(
+    module: nnx.Module,
+    *,
+    local_optimizer: optax.GradientTransformation | float = 0.05,
+    server_optimizer: optax.GradientTransformation | float = 1.0,
+) -> Algorithm:
+    """FedAvg (McMahan et al., AISTATS 2017): E local epochs of minibatch training on each
+    node, then the server averages the parameter deltas weighted by node example counts.
+
+    Args:
+      module: the model, all of it shared.
+      local_optimizer: node optimizer (a float means SGD with that learning rate); its state
+        restarts every round.
+      server_optimizer: applied to the averaged delta as a pseudo-gradient; SGD(1.0) is plain
+        FedAvg, `optax.adam(...)` FedAdam (Reddi et al., 2021).
+
+    Example:
+      >>> algo = fedavg(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
+    """
+    model = Model.of(module, personal=None)
+    opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
+    init, server_update = _delta_server(model, server_opt)
+
+    def node_update(shared, node, data, key, schedule):
+        (new_shared, _), loss, seen = _train(
+            model, opt, (shared, model.personal), data, key, schedule
+        )
+        return jax.tree.map(lambda a, b: a - b, new_shared, shared), node, (loss, seen)
+
+    return Algorithm(
+        name="fedavg",
+        model=model,
+        init=init,
+        init_node=lambda key: (),
+        broadcast=lambda server: server.params,
+        node_update=node_update,
+        server_update=server_update,
+        models=lambda shared, node: {"global": (shared, model.personal)},
+        finetune=_finetune(model, opt),
+    )
+
+
+def fedper(
+    module: nnx.Module,
+    *,
+    personal: Any = "head",
+    local_optimizer: optax.GradientTransformation | float = 0.05,
+    server_optimizer: optax.GradientTransformation | float = 1.0,
+) -> Algorithm:
+    """FedPer (Arivazhagan et al., 2019): the body is federated like FedAvg while each node
+    keeps its own head, trained jointly with the body and never sent to the server.
+
+    Args:
+      module: the model.
+      personal: path filter of the personal parameters (default: those under "head").
+      local_optimizer, server_optimizer: as in `fedavg`.
+    """
+    model = Model.of(module, personal=personal)
+    if not jax.tree.leaves(model.personal):
+        raise ValueError(f"fedper: no parameter matches personal={personal!r}")
+    opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
+    init, server_update = _delta_server(model, server_opt)
+
+    def node_update(shared, head, data, key, schedule):
+        (new_shared, new_head), loss, seen = _train(model, opt, (shared, head), data, key, schedule)
+        return jax.tree.map(lambda a, b: a - b, new_shared, shared), new_head, (loss, seen)
+
+    return Algorithm(
+        name="fedper",
+        model=model,
+        init=init,
+        init_node=lambda key: model.personal,
+        broadcast=lambda server: server.params,
+        node_update=node_update,
+        server_update=server_update,
+        models=lambda shared, head: {"personalized": (shared, head)},
+        finetune=None,
+    )
+
+
+def local(
+    module: nnx.Module,
+    *,
+    local_optimizer: optax.GradientTransformation | float = 0.05,
+) -> Algorithm:
+    """Local training: each node trains its own copy of the model and nothing is exchanged.
+
+    Every round trains E more local epochs from where the node left off (the optimizer state
+    restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
+    """
+    model = Model.of(module, personal=True)
+    opt = _optimizer(local_optimizer)
+
+    def node_update(broadcast, params, data, key, schedule):
+        del broadcast
+        (_, params), loss, seen = _train(model, opt, (model.shared, params), data, key, schedule)
+        return (), params, (loss, seen)
+
+    return Algorithm(
+        name="local",
+        model=model,
+        init=lambda key: (),
+        init_node=lambda key: model.personal,
+        broadcast=lambda server: (),
+        node_update=node_update,
+        server_update=lambda server, uploads, weights: server,
+        models=lambda broadcast, params: {"local": (model.shared, params)},
+        finetune=None,
+    )
+
+
+ALGORITHMS = {"fedavg": fedavg, "fedper": fedper, "local": local}

@@ -1,0 +1,86 @@
+"""Size buckets: nodes grouped by training length so padding stays a small share of compute.
+
+Node k takes ceil(n_k / B) steps per epoch; a bucket pads its nodes to its longest one. With
+lognormal node sizes one common length would waste most of the compute, so nodes are cut into
+at most K buckets chosen by dynamic programming to minimise the padded sample-steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """Nodes `ids` [n_b] (global indices), padded to `length` rows (a multiple of B)."""
+
+    ids: np.ndarray
+    length: int
+    test_length: int
+
+
+def plan_buckets(steps: np.ndarray, max_buckets: int, target_real_share: float) -> list[np.ndarray]:
+    """Groups nodes by steps per epoch, minimising Σ_b |b| · max_b(steps).
+
+    Uses the fewest buckets (at most `max_buckets`) whose real share of computed steps
+    reaches `target_real_share`, else `max_buckets`.
+
+    Args:
+      steps: [N] steps per epoch of each node (≥ 1).
+
+    Returns:
+      lists of node indices, shortest bucket first.
+    """
+    values, counts = np.unique(steps, return_counts=True)
+    m = len(values)
+    cum = np.concatenate([[0], np.cumsum(counts)])  # nodes with steps <= values[j-1]
+    real = float(np.sum(steps))
+    # cost[i, j]: one bucket holding distinct values i..j-1 (i < j), padded to values[j-1].
+    i, j = np.meshgrid(np.arange(m + 1), np.arange(m + 1), indexing="ij")
+    cost = np.where(i < j, (cum[j] - cum[i]) * values[np.maximum(j - 1, 0)], np.inf)
+    best = cost[0].copy()  # best[j]: first j values in one bucket
+    choices = [np.zeros(m + 1, dtype=int)]
+    k = 1
+    while best[m] > 0 and real / best[m] < target_real_share and k < min(max_buckets, m):
+        total = best[:, None] + cost  # split: first i values optimally, then one bucket i..j-1
+        choices.append(np.argmin(total, axis=0))
+        best = total[choices[-1], np.arange(m + 1)]
+        k += 1
+    # Walk the split points back from m.
+    cuts, j = [m], m
+    for level in range(k - 1, 0, -1):
+        j = int(choices[level][j])
+        cuts.append(j)
+    cuts.append(0)
+    cuts = cuts[::-1]
+    groups = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        if b > a:
+            groups.append(np.flatnonzero((steps >= values[a]) & (steps <= values[b - 1])))
+    return groups
+
+
+def make_buckets(
+    train_counts: np.ndarray, test_counts: np.ndarray, batch_size: int, max_buckets: int = 16,
+    target_real_share: float = 0.9,
+) -> list[Bucket]:
+    """Buckets of nodes with padded lengths (train: a multiple of B; test: the longest).
+
+    Args:
+      train_counts, test_counts: [N] examples per node.
+    """
+    steps = np.maximum((train_counts + batch_size - 1) // batch_size, 1)
+    buckets = []
+    for ids in plan_buckets(steps, max_buckets, target_real_share):
+        length = int(steps[ids].max()) * batch_size
+        test_length = max(int(test_counts[ids].max()), 1)
+        buckets.append(Bucket(ids, length, test_length))
+    return buckets
+
+
+def real_share(buckets: list[Bucket], counts: np.ndarray) -> float:
+    """Share of computed sample-steps that are real examples (1.0 = no padding)."""
+    computed = sum(len(b.ids) * b.length for b in buckets)
+    return float(counts.sum() / max(computed, 1))

@@ -1,0 +1,135 @@
+"""Models: Flax NNX modules split once into shared and personal parameter pytrees.
+
+Users write any `nnx.Module`; `Model.of(module, personal=...)` splits it by a path filter into
+`shared` parameters (averaged by the server) and `personal` ones (never leave the node). FedAvg,
+FedPer and Local are the same module under different filters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Params = Any  # an nnx.State pytree of arrays
+
+
+def _filter(personal) -> Any:
+    """`personal` as an NNX filter over parameters: a path substring, a filter, all or nothing."""
+    if personal is None or personal is False:
+        return nnx.Nothing
+    if personal is True or personal is ...:
+        return nnx.Param
+    if isinstance(personal, str):
+        return nnx.All(nnx.Param, nnx.PathContains(personal))
+    return nnx.All(nnx.Param, personal)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A module split into static structure and initial parameter pytrees.
+
+    Attributes:
+      graphdef: the module's static structure.
+      shared: initial parameters the server aggregates.
+      personal: initial parameters that stay on each node.
+      rest: non-parameter state (kept constant; training updates parameters only).
+    """
+
+    graphdef: Any
+    shared: Params
+    personal: Params
+    rest: Params
+
+    @classmethod
+    def of(cls, module: nnx.Module, personal: Any = None) -> Model:
+        """Splits `module` (split once, at the edge; pytrees from here on).
+
+        Args:
+          module: any `nnx.Module` mapping a batch [B, *F] to outputs [B, C] (or [B, 1] / [B]
+            for regression).
+          personal: which parameters stay on the node: a path substring such as "head", any NNX
+            filter, True (all: local training) or None (none: FedAvg).
+        """
+        graphdef, personal_params, shared, rest = nnx.split(
+            module, _filter(personal), nnx.Param, ...
+        )
+        return cls(graphdef, shared, personal_params, rest)
+
+    def apply(self, shared: Params, personal: Params, x: jax.Array) -> jax.Array:
+        """Outputs [B, ...] of the model with the given parameters on a batch x [B, *F]."""
+        return nnx.merge(self.graphdef, shared, personal, self.rest)(x)
+
+    def num_params(self) -> int:
+        leaves = jax.tree.leaves((self.shared, self.personal))
+        return int(sum(leaf.size for leaf in leaves))
+
+
+class LogisticRegression(nnx.Module):
+    """Multinomial logistic regression: one linear layer, named `head`."""
+
+    def __init__(self, in_features: int, num_outputs: int, *, rngs: nnx.Rngs):
+        self.head = nnx.Linear(in_features, num_outputs, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+class MLP(nnx.Module):
+    """A ReLU MLP whose hidden layers form the `body` and whose output layer is the `head`."""
+
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs
+    ):
+        sizes = [in_features, *hidden]
+        self.body = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.head = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.body:
+            x = jax.nn.relu(layer(x))
+        return self.head(x)
+
+
+class Conv1D(nnx.Module):
+    """A small 1-D conv net for windows [B, T, C]: two conv layers, mean pooling, then `head`."""
+
+    def __init__(
+        self, in_channels: int, num_outputs: int, *, channels: int = 32, kernel: int = 5,
+        rngs: nnx.Rngs,
+    ):
+        self.body = nnx.List([
+            nnx.Conv(in_channels, channels, (kernel,), strides=(2,), rngs=rngs),
+            nnx.Conv(channels, channels, (kernel,), strides=(2,), rngs=rngs),
+        ])
+        self.head = nnx.Linear(channels, num_outputs, rngs=rngs)
+
+    def __call__(self, x):
+        for layer in self.body:
+            x = jax.nn.relu(layer(x))
+        return self.head(jnp.mean(x, axis=1))
+
+
+def build(name: str, feature_shape: tuple[int, ...], num_outputs: int, *, seed: int = 0,
+          hidden: Sequence[int] = (64,)) -> nnx.Module:
+    """A built-in model by name: "logreg", "mlp" or "conv1d"."""
+    rngs = nnx.Rngs(seed)
+    in_features = 1
+    for d in feature_shape:
+        in_features *= d
+    if name == "logreg":
+        return LogisticRegression(in_features, num_outputs, rngs=rngs)
+    if name == "mlp":
+        return MLP(in_features, hidden, num_outputs, rngs=rngs)
+    if name == "conv1d":
+        if len(feature_shape) != 2:
+            raise ValueError(f"conv1d needs features [T, C], got shape {feature_shape}")
+        return Conv1D(feature_shape[1], num_outputs, rngs=rngs)
+    raise ValueError(f"unknown model {name!r}; expected one of: logreg, mlp, conv1d")
