@@ -1,0 +1,21 @@
+"""fedmtl: personalized federated multi-task learning on JAX.
+
+Data flows one way: FederatedData → node_update (vmapped) → aggregation → server_update →
+evaluation (global vs local vs personalized, per node) → report.
+"""
+
+from fedmtl.aggregation import weighted_mean
+from fedmtl.algorithms import Algorithm, fedavg, fedper, local
+from fedmtl.data import FederatedData, FederatedDataError
+from fedmtl.engine import Engine, EngineState, Federation
+from fedmtl.experiment import AlgorithmResult, Comparison, compare, run_algorithm
+from fedmtl.models import MLP, Conv1D, LogisticRegression, Model
+from fedmtl.synthetic import synthetic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP", "Algorithm", "AlgorithmResult", "Comparison", "Conv1D", "Engine", "EngineState",
+    "FederatedData", "FederatedDataError", "Federation", "LogisticRegression", "Model",
+    "compare", "fedavg", "fedper", "local", "run_algorithm", "synthetic", "weighted_mean",
+]

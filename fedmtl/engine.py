@@ -20,7 +20,6 @@ from fedmtl.layout import Bucket, make_buckets, real_share
 from fedmtl.local import NodeData, Schedule
 from fedmtl.objectives import finish_metrics, metric_sums
 
-
 _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
 
 

@@ -1,0 +1,209 @@
+"""Reports: per-node global vs local vs personalized metrics, summaries, tables and files.
+
+Each number says which model kind of which algorithm it measures on which split (test).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fedmtl.experiment import Comparison
+from fedmtl.objectives import HIGHER_IS_BETTER, METRICS
+
+KIND_ORDER = ("global", "personalized", "local")
+
+
+def primary_metric(task: str) -> str:
+    """accuracy for classification, RMSE for regression."""
+    return METRICS[task][0]
+
+
+def columns(comparison: Comparison) -> list[tuple[str, str]]:
+    """(algorithm, kind) pairs in display order."""
+    return [
+        (r.name, kind)
+        for r in comparison.results
+        for kind in KIND_ORDER
+        if kind in r.per_node
+    ]
+
+
+def local_baseline(comparison: Comparison, metric: str) -> np.ndarray | None:
+    """Per-node metric [N] of the local-only model, if the comparison has one."""
+    for r in comparison.results:
+        if "local" in r.per_node:
+            return r.per_node["local"][metric]
+    return None
+
+
+def _beats(a: np.ndarray, b: np.ndarray, metric: str) -> float:
+    better = a > b if HIGHER_IS_BETTER[metric] else a < b
+    return float(np.mean(better))
+
+
+def summarize(comparison: Comparison) -> list[dict]:
+    """One summary row per (algorithm, kind) for each metric.
+
+    Fields: algorithm, kind, metric, weighted_mean (weighted by test examples), node_mean,
+    node_std, worst10 (mean over the worst 10% of nodes, at least one), and for personalized
+    models beats_global / beats_local: share of nodes where it is strictly better.
+    """
+    data = comparison.data
+    weights = data.test.counts / data.test.counts.sum()
+    worst_count = max(1, int(np.ceil(0.1 * data.num_nodes)))
+    rows = []
+    for metric in METRICS[data.task]:
+        local = local_baseline(comparison, metric)
+        for name, kind in columns(comparison):
+            per_node = comparison.result(name).per_node
+            v = per_node[kind][metric]
+            ordered = np.sort(v)
+            worst = ordered[:worst_count] if HIGHER_IS_BETTER[metric] else ordered[-worst_count:]
+            row = {
+                "algorithm": name, "kind": kind, "metric": metric,
+                "weighted_mean": float(np.sum(weights * v)),
+                "node_mean": float(np.mean(v)),
+                "node_std": float(np.std(v)),
+                "worst10": float(np.mean(worst)),
+                "beats_global": None, "beats_local": None,
+            }
+            if kind == "personalized":
+                if "global" in per_node:
+                    row["beats_global"] = _beats(v, per_node["global"][metric], metric)
+                if local is not None:
+                    row["beats_local"] = _beats(v, local, metric)
+            rows.append(row)
+    return rows
+
+
+def _fmt(value, metric: str | None = None) -> str:
+    if value is None:
+        return "—"
+    if metric in ("accuracy",):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}"
+
+
+def summary_table(comparison: Comparison) -> Table:
+    """Summary of the primary metric: one row per algorithm and model kind."""
+    metric = primary_metric(comparison.data.task)
+    direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    table = Table(
+        title=f"Test {metric} per node ({direction} is better), "
+        f"{comparison.data.num_nodes} nodes",
+    )
+    for col in ("algorithm", "model", "weighted mean", "node mean", "node std", "worst 10%",
+                "pers. > global", "pers. > local"):
+        table.add_column(col, justify="left" if col in ("algorithm", "model") else "right")
+    for row in summarize(comparison):
+        if row["metric"] != metric:
+            continue
+        share = lambda s: "—" if s is None else f"{100 * s:.0f}% of nodes"
+        table.add_row(
+            row["algorithm"], row["kind"], _fmt(row["weighted_mean"], metric),
+            _fmt(row["node_mean"], metric), _fmt(row["node_std"], metric),
+            _fmt(row["worst10"], metric), share(row["beats_global"]), share(row["beats_local"]),
+        )
+    return table
+
+
+def node_table(comparison: Comparison, max_rows: int = 10) -> Table:
+    """Per-node primary metric, every algorithm and model kind side by side."""
+    data, metric = comparison.data, primary_metric(comparison.data.task)
+    cols = columns(comparison)
+    shown = min(max_rows, data.num_nodes) if max_rows >= 0 else data.num_nodes
+    title = f"Test {metric} per node"
+    if shown < data.num_nodes:
+        title += f" (first {shown} of {data.num_nodes}; all in per_node.csv)"
+    table = Table(title=title)
+    for col in ("node", "train", "test"):
+        table.add_column(col, justify="left" if col == "node" else "right")
+    for name, kind in cols:
+        table.add_column(f"{name}\n{kind}", justify="right")
+    for k in range(shown):
+        table.add_row(
+            data.names[k], str(data.train.counts[k]), str(data.test.counts[k]),
+            *[_fmt(comparison.result(n).per_node[kd][metric][k], metric) for n, kd in cols],
+        )
+    return table
+
+
+def print_report(comparison: Comparison, console: Console | None = None,
+                 max_rows: int = 10) -> None:
+    console = console or Console()
+    console.print(node_table(comparison, max_rows))
+    console.print(summary_table(comparison))
+
+
+# ----- files -----
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def per_node_csv(comparison: Comparison) -> str:
+    data = comparison.data
+    metrics = METRICS[data.task]
+    cols = [(n, k, m) for n, k in columns(comparison) for m in metrics]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["node", "n_train", "n_test", *[f"{n}/{k}/{m}" for n, k, m in cols]])
+    for i in range(data.num_nodes):
+        writer.writerow([
+            data.names[i], int(data.train.counts[i]), int(data.test.counts[i]),
+            *[f"{comparison.result(n).per_node[k][m][i]:.6g}" for n, k, m in cols],
+        ])
+    return out.getvalue()
+
+
+def to_json(comparison: Comparison, extra: dict | None = None) -> dict:
+    fed = comparison.federation
+    return {
+        "data": {
+            "summary": comparison.data.summary(),
+            "task": comparison.data.task,
+            "num_nodes": comparison.data.num_nodes,
+        },
+        "federation": fed._asdict(),
+        "summary": summarize(comparison),
+        "algorithms": {
+            r.name: {
+                "seconds": r.seconds,
+                "padding_real_share": r.padding_real_share,
+                "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
+            }
+            for r in comparison.results
+        },
+        **(extra or {}),
+    }
+
+
+def write_results(comparison: Comparison, out_dir: Path, extra: dict | None = None) -> list[Path]:
+    """Writes results.json and per_node.csv into `out_dir`, each atomically."""
+    out_dir = Path(out_dir)
+    json_path, csv_path = out_dir / "results.json", out_dir / "per_node.csv"
+    atomic_write(json_path, json.dumps(to_json(comparison, extra), indent=2) + "\n")
+    atomic_write(csv_path, per_node_csv(comparison))
+    return [json_path, csv_path]
