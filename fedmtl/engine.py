@@ -34,6 +34,8 @@ class Federation(NamedTuple):
       finetune_steps: local steps that personalize a global model before testing (0: none).
       seed: seeds cohorts, shuffling and fine-tuning.
       max_buckets: at most this many node-size buckets (1 = one common padded length).
+      bucket_cost: sample-steps one more bucket must save over the whole run to be worth
+        its compilation (about a second on a CPU); 0 buckets as finely as `max_buckets` allows.
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
     """
 
@@ -44,6 +46,7 @@ class Federation(NamedTuple):
     finetune_steps: int = 0
     seed: int = 0
     max_buckets: int = 16
+    bucket_cost: float = 1e6
     rounds_per_sync: int = 10
 
 
@@ -124,8 +127,10 @@ class Engine:
         test_counts = np.concatenate([data.test.counts, np.zeros(empty_nodes, np.int64)])
         self.schedule = Schedule(data.task, federation.batch_size, federation.local_epochs)
         self.buckets = make_buckets(
-            train_counts, test_counts, federation.batch_size,
-            federation.max_buckets,
+            train_counts, test_counts, federation.batch_size, federation.max_buckets,
+            min_saving=federation.bucket_cost / (
+                max(federation.rounds, 1) * federation.local_epochs * federation.batch_size
+            ),
         )
         self.padding_real_share = real_share(self.buckets, data.train.counts)
         cohort = federation.cohort_size

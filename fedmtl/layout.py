@@ -21,11 +21,14 @@ class Bucket:
     test_length: int
 
 
-def plan_buckets(steps: np.ndarray, max_buckets: int, target_real_share: float) -> list[np.ndarray]:
+def plan_buckets(
+    steps: np.ndarray, max_buckets: int, target_real_share: float, min_saving: float = 0.0,
+) -> list[np.ndarray]:
     """Groups nodes by steps per epoch, minimising Σ_b |b| · max_b(steps).
 
-    Uses the fewest buckets (at most `max_buckets`) whose real share of computed steps
-    reaches `target_real_share`, else `max_buckets`.
+    Adds buckets (at most `max_buckets`) until the real share of computed steps reaches
+    `target_real_share`, or until one more bucket would save fewer than `min_saving` padded
+    steps (each bucket costs a compilation, so tiny problems keep few buckets).
 
     Args:
       steps: [N] steps per epoch of each node (≥ 1).
@@ -42,38 +45,41 @@ def plan_buckets(steps: np.ndarray, max_buckets: int, target_real_share: float) 
     cost = np.where(i < j, (cum[j] - cum[i]) * values[np.maximum(j - 1, 0)], np.inf)
     best = cost[0].copy()  # best[j]: first j values in one bucket
     choices = [np.zeros(m + 1, dtype=int)]
-    k = 1
-    while best[m] > 0 and real / best[m] < target_real_share and k < min(max_buckets, m):
+    while real / best[m] < target_real_share and len(choices) < min(max_buckets, m):
         total = best[:, None] + cost  # split: first i values optimally, then one bucket i..j-1
-        choices.append(np.argmin(total, axis=0))
-        best = total[choices[-1], np.arange(m + 1)]
-        k += 1
+        choice = np.argmin(total, axis=0)
+        new_best = total[choice, np.arange(m + 1)]
+        if best[m] - new_best[m] < min_saving:
+            break
+        choices.append(choice)
+        best = new_best
     # Walk the split points back from m.
     cuts, j = [m], m
-    for level in range(k - 1, 0, -1):
+    for level in range(len(choices) - 1, 0, -1):
         j = int(choices[level][j])
         cuts.append(j)
     cuts.append(0)
     cuts = cuts[::-1]
-    groups = []
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        if b > a:
-            groups.append(np.flatnonzero((steps >= values[a]) & (steps <= values[b - 1])))
-    return groups
+    return [
+        np.flatnonzero((steps >= values[a]) & (steps <= values[b - 1]))
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+        if b > a
+    ]
 
 
 def make_buckets(
     train_counts: np.ndarray, test_counts: np.ndarray, batch_size: int, max_buckets: int = 16,
-    target_real_share: float = 0.9,
+    target_real_share: float = 0.9, min_saving: float = 0.0,
 ) -> list[Bucket]:
     """Buckets of nodes with padded lengths (train: a multiple of B; test: the longest).
 
     Args:
       train_counts, test_counts: [N] examples per node.
+      min_saving: padded steps per epoch that one more bucket must save (see plan_buckets).
     """
     steps = np.maximum((train_counts + batch_size - 1) // batch_size, 1)
     buckets = []
-    for ids in plan_buckets(steps, max_buckets, target_real_share):
+    for ids in plan_buckets(steps, max_buckets, target_real_share, min_saving):
         length = int(steps[ids].max()) * batch_size
         test_length = max(int(test_counts[ids].max()), 1)
         buckets.append(Bucket(ids, length, test_length))

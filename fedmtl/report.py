@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -98,16 +99,20 @@ def summary_table(comparison: Comparison) -> Table:
     metric = primary_metric(comparison.data.task)
     direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     table = Table(
-        title=f"Test {metric} per node ({direction} is better), "
-        f"{comparison.data.num_nodes} nodes",
+        box=box.SIMPLE_HEAD,
+        title=f"Test {metric} summary over {comparison.data.num_nodes} nodes "
+        f"({direction} is better)",
+        caption="wtd: mean weighted by test examples; mean, std: over nodes; worst10: mean of "
+        "the worst 10% of nodes; >glob, >local: share of nodes where the personalized model "
+        "is strictly better than the global, the local-only one",
     )
-    for col in ("algorithm", "model", "weighted mean", "node mean", "node std", "worst 10%",
-                "pers. > global", "pers. > local"):
-        table.add_column(col, justify="left" if col in ("algorithm", "model") else "right")
+    for col in ("algorithm", "model", "wtd", "mean", "std", "worst10", ">glob", ">local"):
+        table.add_column(col, justify="left" if col in ("algorithm", "model") else "right",
+                         no_wrap=True)
+    share = lambda s: "—" if s is None else f"{100 * s:.0f}%"
     for row in summarize(comparison):
         if row["metric"] != metric:
             continue
-        share = lambda s: "—" if s is None else f"{100 * s:.0f}% of nodes"
         table.add_row(
             row["algorithm"], row["kind"], _fmt(row["weighted_mean"], metric),
             _fmt(row["node_mean"], metric), _fmt(row["node_std"], metric),
@@ -124,7 +129,7 @@ def node_table(comparison: Comparison, max_rows: int = 10) -> Table:
     title = f"Test {metric} per node"
     if shown < data.num_nodes:
         title += f" (first {shown} of {data.num_nodes}; all in per_node.csv)"
-    table = Table(title=title)
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for col in ("node", "train", "test"):
         table.add_column(col, justify="left" if col == "node" else "right")
     for name, kind in cols:
