@@ -56,9 +56,11 @@ class Split:
         # One gather for all nodes: row s of node k reads offsets[k] + s, clamped, then masked.
         rows = np.arange(length)[None, :]
         mask = rows < counts[:, None]
+        if self.x.shape[0] == 0:  # no rows at all (e.g. test_fraction=0): all padding
+            shape = (len(nodes), length)
+            return (np.zeros(shape + self.x.shape[1:], self.x.dtype),
+                    np.zeros(shape + self.y.shape[1:], self.y.dtype), mask)
         src = np.where(mask, offsets[nodes][:, None] + rows, 0)
-        if self.x.shape[0] == 0:
-            src = np.zeros_like(src)
         x = np.where(mask.reshape(mask.shape + (1,) * (self.x.ndim - 1)), self.x[src], 0)
         y = np.where(mask.reshape(mask.shape + (1,) * (self.y.ndim - 1)), self.y[src], 0)
         return x.astype(self.x.dtype), y.astype(self.y.dtype), mask

@@ -239,7 +239,7 @@ class Engine:
         server = algo.server_update(state.server, uploads, weights)
         seen = jnp.sum(jnp.concatenate(seens))
         metrics = {
-            "train_loss": jnp.sum(jnp.concatenate(losses)) / jnp.maximum(seen, 1),
+            "train_loss": jnp.sum(jnp.concatenate(losses)) / jnp.maximum(seen, 1.0),
             "participants": jnp.sum(weights > 0),
         }
         return EngineState(server, nodes, state.round + 1), metrics
@@ -302,7 +302,12 @@ class Engine:
         return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
 
     def evaluate(self, state: EngineState) -> dict[str, dict[str, np.ndarray]]:
-        """Test metrics of every real node for each model kind: {kind: {metric: [N]}}."""
+        """Test metrics of every real node for each model kind: {kind: {metric: [N]}}.
+
+        Nodes without test examples get NaN (no metric); any other non-finite metric raises
+        FloatingPointError naming the node.
+        """
+        tested = self.data.test.counts > 0
         result = jax.device_get(self._evaluate(state, self.arrays))
         per_node = {
             kind: {k: np.asarray(v[: self.num_real]) for k, v in metrics.items()}
@@ -310,7 +315,7 @@ class Engine:
         }
         for kind, metrics in per_node.items():
             for name, values in metrics.items():
-                bad = np.flatnonzero(~np.isfinite(values))
+                bad = np.flatnonzero(tested & ~np.isfinite(values))
                 if bad.size:
                     raise FloatingPointError(
                         f"{self.algorithm.name}: {kind} model has non-finite test {name} on "

@@ -100,7 +100,7 @@ def minibatch_steps(
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         active = t < real_steps
         carry = _keep_if(active, (optax.apply_updates(params, updates), new_opt_state), carry)
-        seen = jnp.where(active, jnp.sum(mask), 0)
+        seen = jnp.where(active, jnp.sum(mask), 0).astype(loss.dtype)
         return carry, (loss * seen, seen)
 
     (params, _), (losses, seen) = jax.lax.scan(

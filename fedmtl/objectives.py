@@ -23,7 +23,8 @@ def example_losses(task: str, outputs: jax.Array, y: jax.Array) -> jax.Array:
 def masked_mean_loss(task: str, outputs: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean loss over the real (mask=True) examples of a batch; 0 when none is real."""
     losses = example_losses(task, outputs, y)
-    return jnp.sum(jnp.where(mask, losses, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    count = jnp.sum(mask).astype(losses.dtype)
+    return jnp.sum(jnp.where(mask, losses, 0.0)) / jnp.maximum(count, 1.0)
 
 
 def metric_sums(task: str, outputs: jax.Array, y: jax.Array, mask: jax.Array) -> dict:
@@ -37,8 +38,11 @@ def metric_sums(task: str, outputs: jax.Array, y: jax.Array, mask: jax.Array) ->
 
 
 def finish_metrics(task: str, sums: dict) -> dict:
-    """Per-node metrics from sums (any leading shape): accuracy & loss, or RMSE & MSE."""
-    count = jnp.maximum(sums["count"], 1.0)
+    """Per-node metrics from sums (any leading shape): accuracy & loss, or RMSE & MSE.
+
+    A node without test examples has no metric: NaN, which reports leave out and name.
+    """
+    count = jnp.where(sums["count"] > 0, sums["count"], jnp.nan)
     mean_loss = sums["loss"] / count
     if task == "classification":
         return {"accuracy": sums["correct"] / count, "loss": mean_loss}

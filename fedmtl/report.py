@@ -56,16 +56,22 @@ def summarize(comparison: Comparison) -> list[dict]:
 
     Fields: algorithm, kind, metric, weighted_mean (weighted by test examples), node_mean,
     node_std, worst10 (mean over the worst 10% of nodes, at least one), and for personalized
-    models beats_global / beats_local: share of nodes where it is strictly better.
+    models beats_global / beats_local: share of nodes where it is strictly better. Nodes
+    without test examples are left out (`untested_nodes` says how many).
     """
     data = comparison.data
-    weights = data.test.counts / data.test.counts.sum()
-    worst_count = max(1, int(np.ceil(0.1 * data.num_nodes)))
+    tested = data.test.counts > 0  # nodes without test examples have no metric
+    if not tested.any():
+        raise ValueError("no node has test examples: nothing to summarize")
+    weights = data.test.counts[tested] / data.test.counts.sum()
+    worst_count = max(1, int(np.ceil(0.1 * tested.sum())))
     rows = []
     for metric in METRICS[data.task]:
         local = local_baseline(comparison, metric)
+        local = None if local is None else local[tested]
         for name, kind in columns(comparison):
-            per_node = comparison.result(name).per_node
+            per_node = {k: {m: v[tested] for m, v in d.items()}
+                        for k, d in comparison.result(name).per_node.items()}
             v = per_node[kind][metric]
             ordered = np.sort(v)
             worst = ordered[:worst_count] if HIGHER_IS_BETTER[metric] else ordered[-worst_count:]
@@ -76,6 +82,7 @@ def summarize(comparison: Comparison) -> list[dict]:
                 "node_std": float(np.std(v)),
                 "worst10": float(np.mean(worst)),
                 "beats_global": None, "beats_local": None,
+                "untested_nodes": int((~tested).sum()),
             }
             if kind == "personalized":
                 if "global" in per_node:
@@ -87,7 +94,7 @@ def summarize(comparison: Comparison) -> list[dict]:
 
 
 def _fmt(value, metric: str | None = None) -> str:
-    if value is None:
+    if value is None or not np.isfinite(value):
         return "—"
     if metric in ("accuracy",):
         return f"{100 * value:.1f}%"
@@ -100,7 +107,8 @@ def summary_table(comparison: Comparison) -> Table:
     direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"Test {metric} summary over {comparison.data.num_nodes} nodes "
+        title=f"Test {metric} summary over {int((comparison.data.test.counts > 0).sum())} "
+        f"nodes with test data "
         f"({direction} is better)",
         caption="wtd: mean weighted by test examples; mean, std: over nodes; worst10: mean of "
         "the worst 10% of nodes; >glob, >local: share of nodes where the personalized model "
@@ -168,6 +176,10 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _csv_number(value) -> str:
+    return f"{value:.6g}" if np.isfinite(value) else ""  # empty: the node has no test data
+
+
 def per_node_csv(comparison: Comparison) -> str:
     data = comparison.data
     metrics = METRICS[data.task]
@@ -178,7 +190,7 @@ def per_node_csv(comparison: Comparison) -> str:
     for i in range(data.num_nodes):
         writer.writerow([
             data.names[i], int(data.train.counts[i]), int(data.test.counts[i]),
-            *[f"{comparison.result(n).per_node[k][m][i]:.6g}" for n, k, m in cols],
+            *[_csv_number(comparison.result(n).per_node[k][m][i]) for n, k, m in cols],
         ])
     return out.getvalue()
 

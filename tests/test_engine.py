@@ -1,0 +1,357 @@
+"""Engine: the vmapped, bucketed, jitted round equals a plain per-node loop; padding, empty
+nodes, jit and seeds change nothing they should not; evaluation matches a hand computation.
+
+Each Engine compiles per size bucket, so engines are built once per configuration (`_engine`)
+and the data is tiny: 5 nodes of 5-16 examples, 4 features, 3 classes, an MLP with 8 hidden
+units.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fedmtl import algorithms
+from fedmtl.data import FederatedData
+from fedmtl.engine import Engine, Federation
+from fedmtl.local import NodeData, Schedule
+from fedmtl.models import MLP
+
+SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: two padded lengths at B = 4
+DIM, CLASSES = 4, 3
+# rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
+BASE = Federation(rounds=2, batch_size=4, max_buckets=1, finetune_steps=2, seed=0,
+                  rounds_per_sync=1)
+TRACES = {}  # algorithm name -> times its node_update was traced
+
+
+def _data(sizes=SIZES, seed=0, names=None) -> FederatedData:
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in sizes]
+    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in sizes]
+    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=seed, names=names)
+
+
+def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
+    algo = algorithms.ALGORITHMS[name](MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0)),
+                                       local_optimizer=lr)
+
+    def counted(*args):  # runs at trace time only: counts traces, not executions
+        TRACES[name] = TRACES.get(name, 0) + 1
+        return algo.node_update(*args)
+
+    return algo._replace(node_update=counted)
+
+
+@functools.cache
+def _engine(name: str, fed: Federation = BASE, empty_nodes: int = 0) -> Engine:
+    """One engine per configuration for the whole module (compiling is the slow part)."""
+    return Engine(_algorithm(name), _data(), fed, empty_nodes=empty_nodes)
+
+
+def _np(tree):
+    """A host copy (the engine donates its input state, so keep no device references)."""
+    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
+
+
+def _assert_close(a, b, rtol=1e-5, atol=1e-6):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _assert_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _real_nodes(nodes, n):
+    return jax.tree.map(lambda leaf: leaf[:n], nodes)
+
+
+def _node_data(split, k: int, batch_size: int) -> NodeData:
+    """Node k's rows alone, padded to the next multiple of the batch size."""
+    n = int(split.counts[k])
+    length = max(-(-n // batch_size), 1) * batch_size
+    x, y, _ = split.padded(length, [k])
+    return NodeData(jnp.asarray(x[0]), jnp.asarray(y[0]), jnp.asarray(n, jnp.int32))
+
+
+def _round_keys(seed: int, round_: int):
+    """The engine's documented key derivation: (k_cohort, k_nodes) of a round."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), round_)
+    return jax.random.split(key)
+
+
+def _loop_round(algo, node_update, data, fed, server, nodes, round_):
+    """One round as a plain Python loop over nodes of the unbatched `node_update`."""
+    _, k_nodes = _round_keys(fed.seed, round_)
+    schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
+    broadcast = algo.broadcast(server)
+    uploads, new_nodes = [], []
+    for k in range(data.num_nodes):
+        upload, node, _ = node_update(
+            broadcast, jax.tree.map(lambda leaf, k=k: leaf[k], nodes),
+            _node_data(data.train, k, fed.batch_size), jax.random.fold_in(k_nodes, k), schedule,
+        )
+        uploads.append(upload)
+        new_nodes.append(node)
+    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+    weights = jnp.asarray(data.train.counts, jnp.float32)
+    return algo.server_update(server, stack(uploads), weights), stack(new_nodes)
+
+
+# ----- the vmapped round is a per-node loop -----
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedper", "local"])
+def test_vmapped_rounds_equal_per_node_loop(name):
+    engine = _engine(name)
+    algo, data = engine.algorithm, engine.data
+    state = engine.init()
+    server, nodes = state.server, state.nodes
+    # jit only so the scan compiles once per padded length (eagerly, every call would); no vmap
+    node_update = jax.jit(algo.node_update, static_argnums=4)
+    for round_ in range(2):
+        server, nodes = _loop_round(algo, node_update, data, BASE, server, nodes, round_)
+    got, history = engine.run(engine.init(), 2)
+    assert int(got.round) == 2
+    _assert_close(got.server, server)
+    _assert_close(got.nodes, nodes)
+    np.testing.assert_array_equal(history["participants"], [data.num_nodes] * 2)
+
+
+# ----- padding invariance -----
+
+
+def test_size_buckets_do_not_change_results():
+    one = _engine("fedper")
+    many = _engine("fedper", BASE._replace(max_buckets=8, bucket_cost=0.0))
+    assert len(one.buckets) == 1 and len(many.buckets) == 2
+    a, ha = one.run(one.init(), 2)
+    b, hb = many.run(many.init(), 2)
+    _assert_close(a.server, b.server)
+    _assert_close(a.nodes, b.nodes)
+    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
+    _assert_close(one.evaluate(a), many.evaluate(b))
+
+
+def test_empty_nodes_change_nothing_for_real_nodes():
+    plain = _engine("fedper")
+    padded = _engine("fedper", BASE, empty_nodes=3)
+    assert padded.num_nodes == plain.num_nodes + 3
+    a, ha = plain.run(plain.init(), 2)
+    b, hb = padded.run(padded.init(), 2)
+    _assert_close(a.server, b.server)
+    _assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
+    np.testing.assert_array_equal(ha["participants"], hb["participants"])
+    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
+    ea, eb = plain.evaluate(a), padded.evaluate(b)
+    assert all(v.shape == (plain.num_nodes,) for m in eb.values() for v in m.values())
+    _assert_close(ea, eb)
+
+
+PARTIAL = BASE._replace(cohort_size=3, max_buckets=2, bucket_cost=0.0)
+
+
+def test_empty_nodes_change_nothing_under_partial_participation():
+    plain = _engine("fedper", PARTIAL)
+    padded = _engine("fedper", PARTIAL, empty_nodes=3)
+    a, ha = plain.run(plain.init(), 2)
+    b, hb = padded.run(padded.init(), 2)
+    np.testing.assert_array_equal(hb["participants"], [3, 3])
+    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
+    _assert_close(a.server, b.server)
+    _assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
+
+
+# ----- partial participation -----
+
+
+def _heads_changed(before, after) -> set[int]:
+    changed = np.zeros(len(SIZES), bool)
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        changed |= np.any(np.asarray(x) != np.asarray(y), axis=tuple(range(1, x.ndim)))
+    return set(np.flatnonzero(changed).tolist())
+
+
+def test_partial_participation_samples_fixed_cohorts():
+    engine = _engine("fedper", PARTIAL)
+    assert len(engine.buckets) == 2
+    state = engine.init()
+    cohorts = []
+    for round_ in range(4):
+        before = _np(state.nodes)
+        state, history = engine.run(state, 1)
+        np.testing.assert_array_equal(history["participants"], [3])
+        changed = _heads_changed(before, _np(state.nodes))
+        k_cohort, _ = _round_keys(PARTIAL.seed, round_)
+        expected = set(np.asarray(jax.random.permutation(k_cohort, len(SIZES))[:3]).tolist())
+        # exactly the sampled nodes trained; everyone else's head is bit-for-bit unchanged
+        assert changed == expected
+        cohorts.append(frozenset(changed))
+    assert len(set(cohorts)) > 1
+
+
+# ----- determinism, jit, retracing -----
+
+
+def test_same_seed_identical_different_seed_different():
+    engine = _engine("fedavg")
+    a, ha = engine.run(engine.init(), 2)
+    b, hb = engine.run(engine.init(), 2)
+    _assert_equal(a.server, b.server)
+    _assert_equal(ha, hb)
+    twin = Engine(_algorithm("fedavg"), _data(), BASE)  # a separate engine, same seed
+    c, _ = twin.run(twin.init(), 2)
+    _assert_equal(a.server, c.server)
+    _assert_equal(engine.evaluate(a), twin.evaluate(c))
+    other = Engine(_algorithm("fedavg"), _data(), BASE._replace(seed=1))
+    d, _ = other.run(other.init(), 2)
+    for x, y in zip(jax.tree.leaves(a.server.params), jax.tree.leaves(d.server.params),
+                    strict=True):
+        assert not np.allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedper", "local"])
+def test_jit_equals_no_jit(name):
+    engine = _engine(name)
+    jitted, hj = engine.run(engine.init(), 1)
+    with jax.disable_jit():  # the same Python code, op by op
+        eager, he = engine.run(engine.init(), 1)
+    _assert_close(jitted.server, eager.server)
+    _assert_close(jitted.nodes, eager.nodes)
+    np.testing.assert_allclose(hj["train_loss"], he["train_loss"], rtol=1e-5)
+    np.testing.assert_array_equal(hj["participants"], he["participants"])
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedper", "local"])
+def test_second_round_does_not_retrace(name):
+    engine = _engine(name)
+    state, _ = engine.run(engine.init(), 1)
+    traces = TRACES[name]
+    assert traces >= 1 and engine._run._cache_size() == 1
+    state, _ = engine.run(state, 1)
+    state, _ = engine.run(state, 2)  # two more one-round chunks (rounds_per_sync=1)
+    assert TRACES[name] == traces and engine._run._cache_size() == 1
+    engine.evaluate(state)
+    engine.evaluate(state)
+    assert engine._evaluate._cache_size() == 1
+
+
+# ----- evaluation -----
+
+
+def _forward(params: dict, x: np.ndarray) -> np.ndarray:
+    """The MLP by hand in float64: relu(x W0 + b0) Wh + bh."""
+    p = {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v, np.float64)
+         for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    h = np.maximum(x @ p["body/0/kernel/value"] + p["body/0/bias/value"], 0)
+    return h @ p["head/kernel/value"] + p["head/bias/value"]
+
+
+def _manual_metrics(data, k, params):
+    x, y = data.test.node(k)
+    logits = _forward(params, x.astype(np.float64))
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return np.mean(np.argmax(logits, axis=1) == y), -np.mean(log_p[np.arange(len(y)), y])
+
+
+def test_evaluation_matches_hand_computation():
+    engine = _engine("fedavg")
+    algo, data = engine.algorithm, engine.data
+    state, _ = engine.run(engine.init(), 2)
+    server = _np(state.server.params)
+    result = engine.evaluate(state)
+    assert set(result) == {"global", "personalized"}
+    finetune_key = jax.random.fold_in(jax.random.key(BASE.seed), 2)
+    schedule = Schedule(data.task, BASE.batch_size, BASE.local_epochs)
+    for k in range(data.num_nodes):
+        acc, loss = _manual_metrics(data, k, server)
+        np.testing.assert_allclose(result["global"]["accuracy"][k], acc, rtol=1e-6)
+        np.testing.assert_allclose(result["global"]["loss"][k], loss, rtol=1e-5)
+        shared, personal = algo.finetune(
+            (server, algo.model.personal), _node_data(data.train, k, BASE.batch_size),
+            jax.random.fold_in(finetune_key, k), schedule, BASE.finetune_steps,
+        )
+        tuned = {**_np(shared), **_np(personal)}
+        acc, loss = _manual_metrics(data, k, nnx.State(tuned))
+        np.testing.assert_allclose(result["personalized"]["accuracy"][k], acc, rtol=1e-6)
+        np.testing.assert_allclose(result["personalized"]["loss"][k], loss, rtol=1e-5)
+
+
+def test_evaluation_of_local_models_per_node():
+    engine = _engine("local")
+    state, _ = engine.run(engine.init(), 1)
+    nodes = _np(state.nodes)
+    result = engine.evaluate(state)
+    assert set(result) == {"local"}
+    for k in range(engine.data.num_nodes):
+        acc, loss = _manual_metrics(engine.data, k, jax.tree.map(lambda a, k=k: a[k], nodes))
+        np.testing.assert_allclose(result["local"]["accuracy"][k], acc, rtol=1e-6)
+        np.testing.assert_allclose(result["local"]["loss"][k], loss, rtol=1e-5)
+
+
+def test_model_kinds():
+    assert set(_engine("fedper").evaluate(_engine("fedper").init())) == {"personalized"}
+    no_tuning = Engine(_algorithm("fedavg"), _data(), BASE._replace(finetune_steps=0))
+    assert set(no_tuning.evaluate(no_tuning.init())) == {"global"}
+    tuned = _engine("fedavg").evaluate(_engine("fedavg").init())
+    assert set(tuned) == {"global", "personalized"}
+    # fine-tuning moves the model: some node's personalized loss differs from the global one
+    assert not np.allclose(tuned["global"]["loss"], tuned["personalized"]["loss"])
+
+
+# ----- bad configuration, divergence -----
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"cohort_size": 6}, "cohort_size"),
+        ({"cohort_size": 0}, "cohort_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"rounds": -1}, "rounds"),
+        ({"local_epochs": 0}, "local_epochs"),
+        ({"finetune_steps": -1}, "finetune_steps"),
+        ({"max_buckets": 0}, "max_buckets"),
+        ({"rounds_per_sync": 0}, "rounds_per_sync"),
+    ],
+)
+def test_bad_federation_raises(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Engine(_algorithm("fedavg"), _data(), BASE._replace(**bad))
+
+
+def test_engine_accepts_data_without_test_examples():
+    """test_fraction=0 is valid data: the engine must build (padding an empty test split)."""
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (4, 6)]
+    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in (4, 6)]
+    data = FederatedData.from_nodes(xs, ys, num_classes=CLASSES, test_fraction=0.0)
+    engine = Engine(_algorithm("fedavg"), data, BASE)
+    assert sum(int(a.nt.sum()) for a in engine.arrays) == 0
+    assert sum(int(a.n.sum()) for a in engine.arrays) == 10
+
+
+def test_divergence_raises_naming_the_node():
+    names = ["a", "b", "c", "d", "e"]
+    engine = Engine(_algorithm("fedavg", lr=1e6), _data(names=names),
+                    BASE._replace(finetune_steps=0))
+    state, _ = engine.run(engine.init(), 2)
+    with pytest.raises(FloatingPointError, match=r"fedavg: global model .*non-finite.*node 'a'"):
+        engine.evaluate(state)
+
+
+def test_non_finite_node_is_named():
+    """Only node 3's local model is broken: the guard must name that node, not the first."""
+    engine = _engine("local")
+    state = engine.init()
+    nodes = jax.tree.map(lambda leaf: leaf.at[3].set(jnp.nan), state.nodes)
+    with pytest.raises(FloatingPointError, match=r"local: local model .*1 node\(s\).*'3'"):
+        engine.evaluate(state._replace(nodes=nodes))
