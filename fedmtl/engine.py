@@ -34,8 +34,10 @@ class Federation(NamedTuple):
       finetune_steps: local steps that personalize a global model before testing (0: none).
       seed: seeds cohorts, shuffling and fine-tuning.
       max_buckets: at most this many node-size buckets (1 = one common padded length).
-      bucket_cost: sample-steps one more bucket must save over the whole run to be worth
-        its compilation (about a second on a CPU); 0 buckets as finely as `max_buckets` allows.
+      min_real_share: least share of computed sample-steps that are real examples; nodes are
+        bucketed by size until padding is at most 1 - this (unless `max_buckets` is reached).
+      bucket_cost: beyond that, sample-steps one more bucket must save over the whole run to
+        be worth its compilation (about a second on a CPU); 0 buckets as finely as allowed.
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
     """
 
@@ -45,7 +47,8 @@ class Federation(NamedTuple):
     batch_size: int = 10
     finetune_steps: int = 0
     seed: int = 0
-    max_buckets: int = 16
+    max_buckets: int = 24
+    min_real_share: float = 0.75
     bucket_cost: float = 1e6
     rounds_per_sync: int = 10
 
@@ -76,6 +79,8 @@ def _check_federation(fed: Federation, num_nodes: int) -> None:
         (fed.batch_size >= 1, f"batch_size must be >= 1, got {fed.batch_size}"),
         (fed.finetune_steps >= 0, f"finetune_steps must be >= 0, got {fed.finetune_steps}"),
         (fed.max_buckets >= 1, f"max_buckets must be >= 1, got {fed.max_buckets}"),
+        (0 <= fed.min_real_share <= 1,
+         f"min_real_share must be in [0, 1], got {fed.min_real_share}"),
         (fed.rounds_per_sync >= 1, f"rounds_per_sync must be >= 1, got {fed.rounds_per_sync}"),
         (
             fed.cohort_size is None or 1 <= fed.cohort_size <= num_nodes,
@@ -128,6 +133,7 @@ class Engine:
         self.schedule = Schedule(data.task, federation.batch_size, federation.local_epochs)
         self.buckets = make_buckets(
             train_counts, test_counts, federation.batch_size, federation.max_buckets,
+            min_real_share=federation.min_real_share,
             min_saving=federation.bucket_cost / (
                 max(federation.rounds, 1) * federation.local_epochs * federation.batch_size
             ),
