@@ -206,7 +206,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedmtl: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
