@@ -15,9 +15,9 @@ import optax
 from flax import nnx
 
 from fedmtl.aggregation import weighted_mean
-from fedmtl.local import NodeData, Schedule, minibatch_steps
 from fedmtl.models import Model
 from fedmtl.objectives import masked_mean_loss
+from fedmtl.training import NodeData, Schedule, minibatch_steps
 
 
 class Algorithm(NamedTuple):

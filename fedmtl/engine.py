@@ -17,8 +17,8 @@ import numpy as np
 from fedmtl.algorithms import Algorithm
 from fedmtl.data import FederatedData
 from fedmtl.layout import Bucket, make_buckets, real_share
-from fedmtl.local import NodeData, Schedule
 from fedmtl.objectives import finish_metrics, metric_sums
+from fedmtl.training import NodeData, Schedule
 
 _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
 
@@ -149,6 +149,7 @@ class Engine:
         self.arrays = [self._bucket_arrays(b) for b in self.buckets]
         self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_all)
+        self._node_models = jax.jit(self._node_models_all)
         self._init = jax.jit(self._init_state)  # fresh buffers: `run` donates the state
 
     def _bucket_arrays(self, bucket: Bucket) -> BucketArrays:
@@ -180,12 +181,7 @@ class Engine:
     def _init_state(self) -> EngineState:
         k_server, k_nodes = jax.random.split(self._key(_INIT))
         node_keys = jax.vmap(lambda i: jax.random.fold_in(k_nodes, i))(jnp.arange(self.num_nodes))
-        nodes = jax.vmap(self.algorithm.init_node)(node_keys)
-        nodes = jax.tree.map(
-            lambda leaf: jnp.broadcast_to(leaf, (self.num_nodes,) + jnp.shape(leaf))
-            if jnp.ndim(leaf) == 0 or leaf.shape[:1] != (self.num_nodes,) else leaf,
-            nodes,
-        )
+        nodes = jax.vmap(self.algorithm.init_node)(node_keys)  # leaves [N, ...]
         return EngineState(self.algorithm.init(k_server), nodes, jnp.zeros((), jnp.int32))
 
     # ----- one round -----
@@ -280,32 +276,52 @@ class Engine:
 
     # ----- evaluation -----
 
+    def _bucket_models(self, state: EngineState, bucket: Bucket, arr: BucketArrays) -> dict:
+        """{kind: (shared, personal)} of a bucket's nodes, leaves [n_b, ...]; a global model
+        is also fine-tuned into "personalized" when `finetune_steps` > 0."""
+        algo, fed = self.algorithm, self.federation
+        ids = jnp.asarray(bucket.ids)
+        node_states = jax.tree.map(lambda leaf: leaf[ids], state.nodes)
+        kinds = jax.vmap(algo.models, in_axes=(None, 0), axis_size=len(bucket.ids))(
+            algo.broadcast(state.server), node_states
+        )
+        if fed.finetune_steps and algo.finetune and "global" in kinds:
+            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self._key(_FINETUNE), ids)
+            kinds["personalized"] = jax.vmap(algo.finetune, in_axes=(0, 0, 0, None, None))(
+                kinds["global"], NodeData(arr.x, arr.y, arr.n), keys, self.schedule,
+                fed.finetune_steps,
+            )
+        return kinds
+
     def _evaluate_all(self, state: EngineState, arrays: list[BucketArrays]):
-        algo, fed, task = self.algorithm, self.federation, self.data.task
-        broadcast = algo.broadcast(state.server)
-        key = self._key(_FINETUNE)
+        task, apply = self.data.task, self.algorithm.model.apply
         out = {}
         for bucket, arr in zip(self.buckets, arrays, strict=True):
-            ids = jnp.asarray(bucket.ids)
-            node_states = jax.tree.map(lambda leaf, ids=ids: leaf[ids], state.nodes)
-            kinds = jax.vmap(algo.models, in_axes=(None, 0), axis_size=len(bucket.ids))(
-                broadcast, node_states
-            )
-            if fed.finetune_steps and algo.finetune and "global" in kinds:
-                keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, ids)
-                kinds["personalized"] = jax.vmap(algo.finetune, in_axes=(0, 0, 0, None, None))(
-                    kinds["global"], NodeData(arr.x, arr.y, arr.n), keys, self.schedule,
-                    fed.finetune_steps,
-                )
             mask = jnp.arange(arr.xt.shape[1])[None, :] < arr.nt[:, None]
-            for kind, (shared, personal) in kinds.items():
-                sums = jax.vmap(
-                    lambda s, p, x, y, m: metric_sums(task, algo.model.apply(s, p, x), y, m)
-                )(shared, personal, arr.xt, arr.yt, mask)
+            for kind, (shared, personal) in self._bucket_models(state, bucket, arr).items():
+                sums = jax.vmap(lambda s, p, x, y, m: metric_sums(task, apply(s, p, x), y, m))(
+                    shared, personal, arr.xt, arr.yt, mask
+                )
                 acc = out.setdefault(kind, {k: jnp.zeros(self.num_nodes) for k in sums})
                 for k, v in sums.items():
-                    acc[k] = acc[k].at[ids].set(v)
+                    acc[k] = acc[k].at[bucket.ids].set(v)
         return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
+
+    def _node_models_all(self, state: EngineState, arrays: list[BucketArrays]):
+        out = {}
+        for bucket, arr in zip(self.buckets, arrays, strict=True):
+            for kind, params in self._bucket_models(state, bucket, arr).items():
+                acc = out.setdefault(kind, jax.tree.map(
+                    lambda v: jnp.zeros((self.num_nodes,) + v.shape[1:], v.dtype), params
+                ))
+                out[kind] = jax.tree.map(lambda a, v, i=bucket.ids: a.at[i].set(v), acc, params)
+        return out
+
+    def node_models(self, state: EngineState) -> dict:
+        """Each real node's model of every kind, as used by `evaluate` (fine-tuning included):
+        {kind: (shared, personal)} with leaves [N, ...]."""
+        models = self._node_models(state, self.arrays)
+        return jax.tree.map(lambda leaf: leaf[: self.num_real], models)
 
     def evaluate(self, state: EngineState) -> dict[str, dict[str, np.ndarray]]:
         """Test metrics of every real node for each model kind: {kind: {metric: [N]}}.

@@ -29,7 +29,6 @@ from fedmtl.data import FederatedData
 from fedmtl.datasets.turbofan import Engine as Trajectory
 from fedmtl.datasets.turbofan import TurbofanStudy, turbofan
 from fedmtl.engine import Engine, Federation
-from fedmtl.local import NodeData
 from fedmtl.report import atomic_write
 
 # ----- economics and maintenance decisions -----
@@ -264,41 +263,21 @@ def fit(
     for name in dict.fromkeys("fedavg" if k == "finetuned" else k for k in kinds):
         start = time.perf_counter()
         algo = factories[name]()
-        engine = Engine(algo, scaled, fed)
+        tune = name == "fedavg" and "finetuned" in kinds
+        fed_run = fed._replace(finetune_steps=training.finetune_steps if tune else 0)
+        engine = Engine(algo, scaled, fed_run)
         state, _ = engine.run(engine.init())
-        broadcast = algo.broadcast(state.server)
-        params = tuple(
-            next(iter(algo.models(broadcast, _node(state.nodes, k)).values()))
-            for k in range(data.num_nodes)
-        )
-        seconds = time.perf_counter() - start
-        out[name] = Predictor(name, algo.model, params, training.target_scale, seconds)
-        log(f"trained {name}: {training.rounds} rounds in {seconds:.1f} s")
-        if name == "fedavg" and "finetuned" in kinds:
-            start = time.perf_counter()
-            out["finetuned"] = _finetune(algo, engine, params, training, scaled)
-            out["finetuned"] = dataclasses.replace(
-                out["finetuned"], seconds=seconds + time.perf_counter() - start
-            )
-            log(f"fine-tuned fedavg: {training.finetune_steps} local steps per node")
+        # The engine's per-node models: "global" (FedAvg), "personalized" (FedAvg fine-tuned
+        # on the node, or FedPer's body + head) and "local"; leaves [N, ...].
+        for kind, params in engine.node_models(state).items():
+            label = {"global": "fedavg", "local": "local"}.get(kind)
+            label = label or ("finetuned" if name == "fedavg" else name)
+            per_node = tuple(_node(params, k) for k in range(data.num_nodes))
+            out[label] = Predictor(label, algo.model, per_node, training.target_scale,
+                                   time.perf_counter() - start)
+        log(f"trained {name}: {training.rounds} rounds in {time.perf_counter() - start:.1f} s"
+            + (f", then {training.finetune_steps} fine-tuning steps per node" if tune else ""))
     return {k: out[k] for k in kinds}
-
-
-def _finetune(algo, engine, params, training: Training, scaled: FederatedData) -> Predictor:
-    """The global model fine-tuned on each node's train split (one compile, a loop of nodes:
-    evaluation code, off the training hot path)."""
-    b = training.batch_size
-    length = -(-int(scaled.train.counts.max()) // b) * b
-    x, y, _ = scaled.train.padded(length)
-    counts = scaled.train.counts.astype(np.int32)
-    tune = jax.jit(algo.finetune, static_argnums=(3, 4))
-    base = jax.random.fold_in(jax.random.key(training.seed), 0x7F)
-    tuned = tuple(
-        tune(params[k], NodeData(jnp.asarray(x[k]), jnp.asarray(y[k]), jnp.int32(counts[k])),
-             jax.random.fold_in(base, k), engine.schedule, training.finetune_steps)
-        for k in range(scaled.num_nodes)
-    )
-    return Predictor("finetuned", algo.model, tuned, training.target_scale, 0.0)
 
 
 def model_rmse(predictor: Predictor, data: FederatedData) -> float:

@@ -12,9 +12,9 @@ from fedmtl import algorithms
 from fedmtl.aggregation import weighted_mean
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.local import NodeData, Schedule, shuffled_order
 from fedmtl.models import MLP
 from fedmtl.objectives import masked_mean_loss
+from fedmtl.training import NodeData, Schedule, shuffled_order
 
 # The tiny problem of tests/test_engine.py (same shapes, so its compiled rounds are reused).
 SIZES = (5, 6, 14, 15, 16)

@@ -17,8 +17,8 @@ from flax import nnx
 from fedmtl import algorithms
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.local import NodeData, Schedule
 from fedmtl.models import MLP
+from fedmtl.training import NodeData, Schedule
 
 SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: two padded lengths at B = 4
 DIM, CLASSES = 4, 3

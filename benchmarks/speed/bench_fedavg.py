@@ -7,7 +7,7 @@ Three ways to run a round:
   engine      fedmtl.Engine: per size bucket, vmap(node_update) over the bucket's nodes, all in
               one jitted round (`Engine._run`).
   jax_loop    a Python loop over nodes, each calling a `jax.jit`-ed node update (the library's
-              `algo.node_update`, i.e. `fedmtl.local.minibatch_steps`) on its own data padded to
+              `algo.node_update`, i.e. `fedmtl.training.minibatch_steps`) on its own data padded to
               ceil(n/B)*B rows; it compiles once per distinct padded length. Models averaged
               weighted by counts in NumPy.
   numpy_loop  a Python loop over nodes with a hand-written NumPy forward/backward of the MLP
@@ -194,7 +194,7 @@ class JaxLoop:
         import jax
         import jax.numpy as jnp
 
-        from fedmtl.local import NodeData, Schedule
+        from fedmtl.training import NodeData, Schedule
 
         self.algo = make_algo()
         self.seed = seed
@@ -316,7 +316,7 @@ def engine_orders(data, rounds: int, seed: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from fedmtl.local import shuffled_order
+    from fedmtl.training import shuffled_order
 
     out = {}
     for r in range(rounds):
