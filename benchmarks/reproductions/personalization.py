@@ -15,20 +15,19 @@ then it runs `ALGORITHMS["mocha"](module, **MULTITASK_KWARGS)` on the linear mod
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+from _common import mean_se, write_outputs  # this folder: scripts run as files
 from rich.console import Console
 from rich.table import Table
 
 from fedmtl import algorithms, datasets, models
 from fedmtl.engine import Federation
 from fedmtl.experiment import compare
-from fedmtl.report import atomic_write
 
 LR = 0.05
 MULTITASK = "mocha"  # the algorithm name the multi-task row waits for
@@ -92,10 +91,6 @@ def run_split(dataset: str, seed: int, rounds: int) -> dict:
     return out
 
 
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-
 
 def compile_once() -> None:
     """Every split has the same shapes: a compilation cache compiles each program once."""
@@ -153,10 +148,7 @@ def main(argv=None) -> int:
     payload = {"config": {"splits": splits, "rounds": rounds, "batch_size": 32, "lr": LR,
                           "finetune_steps": 5, "mlp_hidden": [64]},
                "summary": summary, "runs": runs, "seconds": time.perf_counter() - start}
-    atomic_write(args.out / "personalization.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write(args.out / "personalization.md", "\n".join(md) + "\n")
-    console.print(f"wrote {args.out / 'personalization.json'}, "
-                  f"{args.out / 'personalization.md'} ({payload['seconds']:.0f} s)")
+    write_outputs(args.out, "personalization", payload, md, console)
     return 0
 
 

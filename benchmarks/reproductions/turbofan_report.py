@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import mean_se, write_outputs  # this folder: scripts run as files
 from rich.console import Console
 from rich.table import Table
 
 from fedmtl.data import FederatedData
 from fedmtl.datasets import turbofan
-from fedmtl.report import atomic_write
 from fedmtl.tycoon import Predictor, Training, fit
 
 # The report's test RMSE (cycles); local has no number, only a verdict.
@@ -101,10 +100,6 @@ def run_seed(seed: int, training: Training, log) -> dict:
     return out
 
 
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -153,10 +148,7 @@ def main(argv=None) -> int:
                  if name == "local" else "")
         md.append(f"| {label} | {s['rmse_mean']:.1f} ± {s['rmse_se']:.1f}{extra} | "
                   f"{PUBLISHED.get(name, '—')} |")
-    atomic_write(args.out / "turbofan_report.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write(args.out / "turbofan_report.md", "\n".join(md) + "\n")
-    console.print(f"wrote {args.out / 'turbofan_report.json'}, {args.out / 'turbofan_report.md'}"
-                  f" ({payload['seconds']:.0f} s)")
+    write_outputs(args.out, "turbofan_report", payload, md, console)
     return 0
 
 

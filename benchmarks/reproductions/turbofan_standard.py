@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import mean_se, write_outputs  # this folder: scripts run as files
 from rich.console import Console
 from rich.table import Table
 
 from fedmtl.datasets import phm08_score, turbofan_windows
-from fedmtl.report import atomic_write
 from fedmtl.tycoon import Training, fit
 
 # Published centralized deep models on FD001 (RMSE on the 100 test engines, RUL capped at 125),
@@ -49,10 +48,6 @@ def run_seed(seed: int, training: Training, nodes: int, log) -> dict:
                      "phm08": phm08_score(pred, true)}
     return out
 
-
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 def main(argv=None) -> int:
@@ -98,10 +93,7 @@ def main(argv=None) -> int:
         "published": PUBLISHED, "summary": summary, "runs": runs,
         "seconds": time.perf_counter() - start,
     }
-    atomic_write(args.out / "turbofan_standard.json", json.dumps(payload, indent=2) + "\n")
-    atomic_write(args.out / "turbofan_standard.md", "\n".join(md) + "\n")
-    console.print(f"wrote {args.out / 'turbofan_standard.json'}, "
-                  f"{args.out / 'turbofan_standard.md'} ({payload['seconds']:.0f} s)")
+    write_outputs(args.out, "turbofan_standard", payload, md, console)
     return 0
 
 
