@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:  # bad data or configuration: say it in a line
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # say it in one line
         print(f"fedmtl: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

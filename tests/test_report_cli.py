@@ -200,3 +200,13 @@ def test_cli_compare_writes_results(tmp_path, capsys):
                    "fedavg/personalized/accuracy", "fedper/personalized/accuracy"):
         accuracy = [float(r[header.index(column)]) for r in rows[1:]]
         assert all(0.0 <= a <= 1.0 for a in accuracy), column
+
+
+def test_cli_diverging_run_exits_2_naming_the_node(tmp_path, capsys):
+    argv = ["run", "--algorithm", "local", "--nodes", "3", "--rounds", "2", "--hidden", "4",
+            "--max-node-size", "60", "--lr", "1e30", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "first node 'node" in lines[0], err
+    assert not (tmp_path / "results.json").exists()
