@@ -28,14 +28,18 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(message)
 
 
-def _positive(kind=int, allow_zero=False):
+def bounded(kind=int, *, minimum=None, above=None):
+    """An argparse type: a `kind` number that is >= `minimum` or > `above`."""
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < 0 or (value == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"must be {'>= 0' if allow_zero else '> 0'}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above}")
         return value
 
     return parse
@@ -45,12 +49,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=DATASETS,
                    help="federated data set (default: synthetic, i.e. Synthetic(alpha, beta))")
-    g.add_argument("--alpha", type=_positive(float, True), default=1.0,
+    g.add_argument("--alpha", type=bounded(float, minimum=0), default=1.0,
                    help="Synthetic: std of the per-node model means (default 1)")
-    g.add_argument("--beta", type=_positive(float, True), default=1.0,
+    g.add_argument("--beta", type=bounded(float, minimum=0), default=1.0,
                    help="Synthetic: std of the per-node feature means (default 1)")
-    g.add_argument("--nodes", type=_positive(), default=30, help="Synthetic: nodes (default 30)")
-    g.add_argument("--max-node-size", type=_positive(), default=None,
+    g.add_argument("--nodes", type=bounded(int, minimum=1), default=30,
+                   help="Synthetic: nodes (default 30)")
+    g.add_argument("--max-node-size", type=bounded(int, minimum=1), default=None,
                    help="Synthetic: cap on examples per node (default: none)")
     g.add_argument("--test-fraction", type=float, default=0.25,
                    help="per-node test share (default 0.25)")
@@ -62,18 +67,18 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--model", default="mlp", choices=("mlp", "logreg", "conv1d"),
                    help="built-in model; the MLP's output layer is its 'head' (default mlp)")
-    g.add_argument("--hidden", type=_positive(), nargs="+", default=[64],
+    g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=[64],
                    help="MLP hidden sizes (default 64)")
-    g.add_argument("--rounds", type=_positive(int, True), default=50, help="rounds (default 50)")
-    g.add_argument("--cohort-size", type=_positive(), default=None,
+    g.add_argument("--rounds", type=bounded(int, minimum=0), default=50, help="rounds (default 50)")
+    g.add_argument("--cohort-size", type=bounded(int, minimum=1), default=None,
                    help="nodes sampled per round (default: all)")
-    g.add_argument("--local-epochs", type=_positive(), default=1, help="default 1")
-    g.add_argument("--batch-size", type=_positive(), default=10, help="default 10")
-    g.add_argument("--lr", type=_positive(float), default=0.05,
+    g.add_argument("--local-epochs", type=bounded(int, minimum=1), default=1, help="default 1")
+    g.add_argument("--batch-size", type=bounded(int, minimum=1), default=10, help="default 10")
+    g.add_argument("--lr", type=bounded(float, above=0), default=0.05,
                    help="local SGD learning rate (default 0.05)")
-    g.add_argument("--server-lr", type=_positive(float), default=1.0,
+    g.add_argument("--server-lr", type=bounded(float, above=0), default=1.0,
                    help="server SGD learning rate on the averaged delta (default 1: FedAvg)")
-    g.add_argument("--finetune-steps", type=_positive(int, True), default=5,
+    g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
                    help="local steps that personalize a global model before testing "
                    "(default 5; 0 disables)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from fedmtl import algorithms as algos
 from fedmtl import models
+from fedmtl.cli import bounded
 from fedmtl.data import FederatedData
 from fedmtl.datasets.turbofan import Engine as Trajectory
 from fedmtl.datasets.turbofan import TurbofanStudy, turbofan
@@ -476,19 +477,6 @@ def save_plot(results: list[StrategyResult], path: Path, title: str) -> None:
 # ----- command line -----
 
 
-def _number(kind=int, minimum=0):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
-        return value
-
-    return parse
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Adds `fedmtl turbofan`: the Turbofan Tycoon maintenance-strategy study."""
     p = subparsers.add_parser(
@@ -498,28 +486,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "and prints the profit of each maintenance strategy. See docs/turbofan.md.",
     )
     g = p.add_argument_group("study")
-    g.add_argument("--factories", type=_number(int, 1), default=80,
+    g.add_argument("--factories", type=bounded(int, minimum=1), default=80,
                    help="factories (training nodes and replay factories; default 80)")
-    g.add_argument("--engines-per-factory", type=_number(int, 2), default=4,
+    g.add_argument("--engines-per-factory", type=bounded(int, minimum=2), default=4,
                    help="engines per training factory: 3 train + 1 test (default 4)")
     g.add_argument("--data-dir", type=Path, default=None,
                    help="data folder (default: the shipped FD001/FD003, else $FEDMTL_DATA)")
     g = p.add_argument_group("training")
     d = Training()
-    g.add_argument("--rounds", type=_number(int, 0), default=d.rounds,
+    g.add_argument("--rounds", type=bounded(int, minimum=0), default=d.rounds,
                    help=f"rounds of every algorithm, 1 local epoch each (default {d.rounds})")
-    g.add_argument("--batch-size", type=_number(int, 1), default=d.batch_size,
+    g.add_argument("--batch-size", type=bounded(int, minimum=1), default=d.batch_size,
                    help=f"default {d.batch_size}")
-    g.add_argument("--lr", type=_number(float, 1e-12), default=d.lr,
+    g.add_argument("--lr", type=bounded(float, minimum=1e-12), default=d.lr,
                    help=f"local SGD learning rate (default {d.lr})")
-    g.add_argument("--hidden", type=_number(int, 1), nargs="+", default=list(d.hidden),
+    g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=list(d.hidden),
                    help="MLP hidden sizes (default 48: the report's 865-weight net)")
-    g.add_argument("--target-scale", type=_number(float, 1e-12), default=d.target_scale,
+    g.add_argument("--target-scale", type=bounded(float, minimum=1e-12), default=d.target_scale,
                    help=f"models fit RUL / this (default {d.target_scale:g})")
-    g.add_argument("--finetune-steps", type=_number(int, 0), default=d.finetune_steps,
+    g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=d.finetune_steps,
                    help="local steps that personalize the FedAvg model; 0 drops the fine-tuned "
                    f"strategy (default {d.finetune_steps})")
-    g.add_argument("--max-buckets", type=_number(int, 1), default=d.max_buckets,
+    g.add_argument("--max-buckets", type=bounded(int, minimum=1), default=d.max_buckets,
                    help="factory size buckets, each compiled once (default "
                    f"{d.max_buckets}; 1 compiles least)")
     g.add_argument("--seed", type=int, default=0,
@@ -530,20 +518,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"dollars per running cycle (default {e.profit_per_cycle:g})")
     g.add_argument("--failure-cost", type=float, default=e.failure_cost,
                    help=f"dollars per failure (default {e.failure_cost:g})")
-    g.add_argument("--failure-downtime", type=_number(int, 0), default=e.failure_downtime,
+    g.add_argument("--failure-downtime", type=bounded(int, minimum=0), default=e.failure_downtime,
                    help=f"cycles down after a failure (default {e.failure_downtime})")
     g.add_argument("--maintenance-cost", type=float, default=e.maintenance_cost,
                    help=f"dollars per maintenance (default {e.maintenance_cost:g})")
-    g.add_argument("--maintenance-downtime", type=_number(int, 0),
+    g.add_argument("--maintenance-downtime", type=bounded(int, minimum=0),
                    default=e.maintenance_downtime,
                    help=f"cycles down after a maintenance (default {e.maintenance_downtime})")
     g = p.add_argument_group("replay")
     r = Replay()
-    g.add_argument("--slots", type=_number(int, 1), default=r.slots,
+    g.add_argument("--slots", type=bounded(int, minimum=1), default=r.slots,
                    help=f"engine slots per factory (default {r.slots})")
-    g.add_argument("--horizon", type=_number(int, 1), default=r.horizon,
+    g.add_argument("--horizon", type=bounded(int, minimum=1), default=r.horizon,
                    help=f"simulated cycles (default {r.horizon})")
-    g.add_argument("--preventive-interval", type=_number(int, 1), default=r.preventive_interval,
+    g.add_argument("--preventive-interval", type=bounded(int, minimum=1),
+                   default=r.preventive_interval,
                    help=f"preventive: maintain after this many cycles (default "
                    f"{r.preventive_interval})")
     g.add_argument("--rul-threshold", type=float, default=r.rul_threshold,
