@@ -1,7 +1,7 @@
 """fedmtl: personalized federated multi-task learning on JAX.
 
-Data flows one way: FederatedData → node_update (vmapped) → aggregation → server_update →
-evaluation (global vs local vs personalized, per node) → report.
+Data flows one way: FederatedData → start / step / finish (vmapped lanes) → aggregation →
+server_update → evaluation (global vs local vs personalized, per node) → report.
 """
 
 from fedmtl.aggregation import weighted_mean

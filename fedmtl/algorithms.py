@@ -1,6 +1,6 @@
 """Algorithms as small values of pure functions, built by factories (in the spirit of optax).
 
-Per-node functions (`init_node`, `node_update`, `models`, `finetune`) are written for ONE node;
+Per-node functions (`init_node`, `start`, `step`, `finish`, `models`) are written for ONE node;
 `server_update` sees uploads with a leading node axis [C, ...]. Algorithms never loop over
 nodes nor call `vmap`: the engine does.
 """
@@ -16,26 +16,29 @@ from flax import nnx
 
 from fedmtl.aggregation import weighted_mean
 from fedmtl.models import Model
-from fedmtl.objectives import masked_mean_loss
-from fedmtl.training import NodeData, Schedule, minibatch_steps
+from fedmtl.training import Trainer, trainer
 
 
 class Algorithm(NamedTuple):
     """A federated algorithm.
 
+    A node's round is `start`, then E * ceil(n / B) `step`s on its minibatches, then `finish`;
+    the engine interleaves many nodes' steps in parallel lanes, so each function sees ONE node.
+
     Attributes:
       name: short name used in reports.
       model: the split model (shared / personal parameters).
       init: key -> server state.
-      init_node: key -> state of ONE node (personal parameters, optimizer state, ...).
+      init_node: key -> state of ONE node (personal parameters, ...).
       broadcast: server state -> what every node receives this round.
-      node_update: (broadcast, node state, NodeData, key, Schedule) ->
-        (upload, new node state, (loss sum, examples seen)); for ONE node.
+      start: (broadcast, node state) -> the node's training state for this round.
+      step: (training state, Batch, key, task) -> (training state, mean loss of the batch).
+      finish: (broadcast, node state, training state) -> (upload, new node state).
       server_update: (server state, uploads [C, ...], weights [C]) -> server state.
       models: (broadcast, node state) -> {kind: (shared, personal)} parameters to evaluate on
         the node; kinds are "global", "personalized" or "local".
-      finetune: ((shared, personal), NodeData, key, Schedule, steps) -> (shared, personal),
-        the local fine-tuning used to personalize a global model before testing; or None.
+      finetune: a `Trainer` of (shared, personal) parameters that personalizes the global
+        model with local steps before testing; or None.
     """
 
     name: str
@@ -43,10 +46,12 @@ class Algorithm(NamedTuple):
     init: Callable[[jax.Array], Any]
     init_node: Callable[[jax.Array], Any]
     broadcast: Callable[[Any], Any]
-    node_update: Callable[..., tuple[Any, Any, Any]]
+    start: Callable[[Any, Any], Any]
+    step: Callable[..., tuple[Any, jax.Array]]
+    finish: Callable[[Any, Any, Any], tuple[Any, Any]]
     server_update: Callable[[Any, Any, jax.Array], Any]
     models: Callable[[Any, Any], dict]
-    finetune: Callable[..., Any] | None = None
+    finetune: Trainer | None = None
 
 
 class ServerState(NamedTuple):
@@ -60,13 +65,9 @@ def _optimizer(opt: optax.GradientTransformation | float) -> optax.GradientTrans
     return optax.sgd(opt) if isinstance(opt, int | float) else opt
 
 
-def _train(model: Model, optimizer, params, data: NodeData, key, schedule: Schedule, steps=None):
+def _trainer(model: Model, optimizer) -> Trainer:
     """Minibatch training of (shared, personal) parameters on one node."""
-
-    def loss_fn(p, x, y, mask):
-        return masked_mean_loss(schedule.task, model.apply(p[0], p[1], x), y, mask)
-
-    return minibatch_steps(loss_fn, optimizer, params, data, key, schedule, steps=steps)
+    return trainer(lambda p, x: model.apply(p[0], p[1], x), optimizer)
 
 
 def _delta_server(model: Model, server_optimizer):
@@ -88,11 +89,8 @@ def _delta_server(model: Model, server_optimizer):
     return init, server_update
 
 
-def _finetune(model: Model, optimizer):
-    def finetune(params, data, key, schedule, steps):
-        return _train(model, optimizer, params, data, key, schedule, steps)[0]
-
-    return finetune
+def _delta(new, old):
+    return jax.tree.map(lambda a, b: a - b, new, old)
 
 
 def fedavg(
@@ -118,11 +116,7 @@ def fedavg(
     opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
     init, server_update = _delta_server(model, server_opt)
 
-    def node_update(shared, node, data, key, schedule):
-        (new_shared, _), loss, seen = _train(
-            model, opt, (shared, model.personal), data, key, schedule
-        )
-        return jax.tree.map(lambda a, b: a - b, new_shared, shared), node, (loss, seen)
+    train = _trainer(model, opt)
 
     return Algorithm(
         name="fedavg",
@@ -130,10 +124,12 @@ def fedavg(
         init=init,
         init_node=lambda key: (),
         broadcast=lambda server: server.params,
-        node_update=node_update,
+        start=lambda shared, node: train.init((shared, model.personal)),
+        step=train.step,
+        finish=lambda shared, node, state: (_delta(state.params[0], shared), node),
         server_update=server_update,
         models=lambda shared, node: {"global": (shared, model.personal)},
-        finetune=_finetune(model, opt),
+        finetune=train,
     )
 
 
@@ -158,9 +154,7 @@ def fedper(
     opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
     init, server_update = _delta_server(model, server_opt)
 
-    def node_update(shared, head, data, key, schedule):
-        (new_shared, new_head), loss, seen = _train(model, opt, (shared, head), data, key, schedule)
-        return jax.tree.map(lambda a, b: a - b, new_shared, shared), new_head, (loss, seen)
+    train = _trainer(model, opt)
 
     return Algorithm(
         name="fedper",
@@ -168,7 +162,9 @@ def fedper(
         init=init,
         init_node=lambda key: model.personal,
         broadcast=lambda server: server.params,
-        node_update=node_update,
+        start=lambda shared, head: train.init((shared, head)),
+        step=train.step,
+        finish=lambda shared, head, state: (_delta(state.params[0], shared), state.params[1]),
         server_update=server_update,
         models=lambda shared, head: {"personalized": (shared, head)},
         finetune=None,
@@ -188,10 +184,7 @@ def local(
     model = Model.of(module, personal=True)
     opt = _optimizer(local_optimizer)
 
-    def node_update(broadcast, params, data, key, schedule):
-        del broadcast
-        (_, params), loss, seen = _train(model, opt, (model.shared, params), data, key, schedule)
-        return (), params, (loss, seen)
+    train = _trainer(model, opt)
 
     return Algorithm(
         name="local",
@@ -199,7 +192,9 @@ def local(
         init=lambda key: (),
         init_node=lambda key: model.personal,
         broadcast=lambda server: (),
-        node_update=node_update,
+        start=lambda broadcast, params: train.init((model.shared, params)),
+        step=train.step,
+        finish=lambda broadcast, params, state: ((), state.params[1]),
         server_update=lambda server, uploads, weights: server,
         models=lambda broadcast, params: {"local": (model.shared, params)},
         finetune=None,

@@ -2,7 +2,7 @@
 
 Nodes hold very different amounts of data (lognormal sizes span four orders of magnitude), so
 `FederatedData` keeps each split as one flat array plus per-node counts (CSR style) and pads only
-on request: `padded()` for a common length, or the engine's size buckets (`fedmtl.layout`).
+on request (`padded()`); the engine trains on the ragged rows directly (`fedmtl.lanes`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
-"""The engine: vmaps an algorithm's per-node functions over all nodes inside one jitted round.
+"""The engine: runs an algorithm's per-node functions for all nodes inside one jitted round.
 
-A round: sample a fixed-size cohort → per size bucket, `vmap(node_update)` over the cohort's
-slots → concatenate uploads [C, ...] → `server_update`. Rounds are fused with `lax.scan`, so
-many rounds run with one device→host sync. This module holds the only `jax.vmap` over nodes
-and the only `jax.jit` of the library.
+A round: sample a fixed-size cohort → deal the cohort's nodes to L parallel lanes
+(`fedmtl.lanes`) → one loop in which every lane takes a `vmap`-ed `step` of its current node,
+starting (`start`) and finishing (`finish`) nodes as they come → uploads [C, ...] →
+`server_update`. Data stays ragged on the device (no per-node padding), so one compiled loop
+serves every node size. Rounds are fused with `lax.scan`, so many rounds run with one
+device→host sync. This module holds the only `jax.vmap` over nodes and the only `jax.jit` of
+the library.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedmtl import lanes as lanes_lib
 from fedmtl.algorithms import Algorithm
-from fedmtl.data import FederatedData
-from fedmtl.layout import Bucket, make_buckets, real_share
+from fedmtl.data import FederatedData, Split
 from fedmtl.objectives import finish_metrics, metric_sums
-from fedmtl.training import NodeData, Schedule
+from fedmtl.training import Batch, Schedule, batch_rows, epoch_orders, steps_per_epoch
 
 _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
+EVAL_BATCH = 64  # test rows per evaluation step
 
 
 class Federation(NamedTuple):
@@ -33,11 +37,10 @@ class Federation(NamedTuple):
       batch_size: B; node k takes ceil(n_k / B) · E steps per round.
       finetune_steps: local steps that personalize a global model before testing (0: none).
       seed: seeds cohorts, shuffling and fine-tuning.
-      max_buckets: at most this many node-size buckets (1 = one common padded length).
-      min_real_share: least share of computed sample-steps that are real examples; nodes are
-        bucketed by size until padding is at most 1 - this (unless `max_buckets` is reached).
-      bucket_cost: beyond that, sample-steps one more bucket must save over the whole run to
-        be worth its compilation (about a second on a CPU); 0 buckets as finely as allowed.
+      lanes: nodes trained side by side (None: the count that minimises
+        makespan × (lanes + lane_step_cost)).
+      lane_step_cost: fixed cost of one loop step, in units of one lane's step (None: 4 on a
+        CPU, where cost grows with lanes; 2048 on an accelerator, where a wide step is cheap).
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
     """
 
@@ -47,9 +50,8 @@ class Federation(NamedTuple):
     batch_size: int = 10
     finetune_steps: int = 0
     seed: int = 0
-    max_buckets: int = 24
-    min_real_share: float = 0.75
-    bucket_cost: float = 1e6
+    lanes: int | None = None
+    lane_step_cost: float | None = None
     rounds_per_sync: int = 10
 
 
@@ -61,15 +63,29 @@ class EngineState(NamedTuple):
     round: jax.Array
 
 
-class BucketArrays(NamedTuple):
-    """Device arrays of one bucket: train x [n_b, S, *F], y, n [n_b]; test xt [n_b, T, *F]..."""
+class SplitArrays(NamedTuple):
+    """One split on the device, ragged: rows x [R, *F], y [R, ...] node after node; per node
+    offsets [N] and counts [N]; per row its node `segment` [R] and position `local` [R]."""
 
     x: jax.Array
     y: jax.Array
-    n: jax.Array
-    xt: jax.Array
-    yt: jax.Array
-    nt: jax.Array
+    offsets: jax.Array
+    counts: jax.Array
+    segment: jax.Array
+    local: jax.Array
+
+
+def _split_arrays(split: Split, empty_nodes: int) -> SplitArrays:
+    counts = np.concatenate([split.counts, np.zeros(empty_nodes, np.int64)])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    segment = np.repeat(np.arange(len(counts)), counts)
+    local = np.arange(len(segment)) - offsets[segment]
+    x, y = split.x, split.y
+    if len(x) == 0:  # keep gathers well defined; counts are all 0, so the row is never used
+        x, y = np.zeros((1,) + x.shape[1:], x.dtype), np.zeros((1,) + y.shape[1:], y.dtype)
+    i32 = lambda a: jnp.asarray(a, jnp.int32)
+    return SplitArrays(jnp.asarray(x), jnp.asarray(y), i32(offsets[:-1]), i32(counts),
+                       i32(segment), i32(local))
 
 
 def _check_federation(fed: Federation, num_nodes: int) -> None:
@@ -78,9 +94,9 @@ def _check_federation(fed: Federation, num_nodes: int) -> None:
         (fed.local_epochs >= 1, f"local_epochs must be >= 1, got {fed.local_epochs}"),
         (fed.batch_size >= 1, f"batch_size must be >= 1, got {fed.batch_size}"),
         (fed.finetune_steps >= 0, f"finetune_steps must be >= 0, got {fed.finetune_steps}"),
-        (fed.max_buckets >= 1, f"max_buckets must be >= 1, got {fed.max_buckets}"),
-        (0 <= fed.min_real_share <= 1,
-         f"min_real_share must be in [0, 1], got {fed.min_real_share}"),
+        (fed.lanes is None or fed.lanes >= 1, f"lanes must be >= 1, got {fed.lanes}"),
+        (fed.lane_step_cost is None or fed.lane_step_cost >= 0,
+         f"lane_step_cost must be >= 0, got {fed.lane_step_cost}"),
         (fed.rounds_per_sync >= 1, f"rounds_per_sync must be >= 1, got {fed.rounds_per_sync}"),
         (
             fed.cohort_size is None or 1 <= fed.cohort_size <= num_nodes,
@@ -94,12 +110,36 @@ def _check_federation(fed: Federation, num_nodes: int) -> None:
 
 
 def _lead(mask: jax.Array, like: jax.Array) -> jax.Array:
-    """A node mask [n] shaped to broadcast against `like` [n, ...]."""
+    """A lane mask [L] shaped to broadcast against `like` [L, ...]."""
     return mask.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _zeros_like_shapes(shapes):
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _select(mask, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(_lead(mask, a), a, b), new, old)
+
+
+def _gather(tree, ids):
+    return jax.tree.map(lambda leaf: leaf[ids], tree)
+
+
+def _scatter(tree, ids, values):
+    """tree[ids] = values, skipping ids out of range (lanes with nothing to write)."""
+    return jax.tree.map(lambda leaf, v: leaf.at[ids].set(v, mode="drop"), tree, values)
+
+
+def _zeros(shapes, lead: int):
+    return jax.tree.map(lambda s: jnp.zeros((lead,) + s.shape, s.dtype), shapes)
+
+
+def _lane_count(fed: Federation, steps: np.ndarray, width: int | None = None) -> int:
+    if fed.lanes is not None:
+        return min(fed.lanes, max(len(steps), 1))
+    cost = fed.lane_step_cost
+    if cost is None:
+        cost = 4.0 if jax.default_backend() == "cpu" else 2048.0
+    if width is not None and width < len(steps):  # a cohort: evenly spaced sizes stand in
+        steps = np.sort(steps)[np.linspace(0, len(steps) - 1, width).round().astype(int)]
+    return lanes_lib.choose(steps, cost)
 
 
 class Engine:
@@ -115,64 +155,52 @@ class Engine:
       data: the nodes' data.
       federation: the run's configuration.
       empty_nodes: nodes without data appended to the node axis (e.g. to round it to a
-        multiple of the device count); they take no-op steps, weigh zero, are never sampled
+        multiple of the device count); they take no steps, weigh zero, are never sampled
         and are left out of `evaluate`.
+
+    Attributes:
+      lanes: nodes trained side by side in a round.
+      real_share: with every node taking part, the share of the computed sample-steps
+        (lanes × loop steps × B) that are real examples.
     """
 
     def __init__(
         self, algorithm: Algorithm, data: FederatedData, federation: Federation | None = None,
         *, empty_nodes: int = 0,
     ):
-        federation = Federation() if federation is None else federation
-        _check_federation(federation, data.num_nodes)
-        self.algorithm, self.data, self.federation = algorithm, data, federation
+        fed = Federation() if federation is None else federation
+        _check_federation(fed, data.num_nodes)
+        self.algorithm, self.data, self.federation = algorithm, data, fed
         self.num_real = data.num_nodes
         self.num_nodes = data.num_nodes + empty_nodes
-        train_counts = np.concatenate([data.train.counts, np.zeros(empty_nodes, np.int64)])
-        test_counts = np.concatenate([data.test.counts, np.zeros(empty_nodes, np.int64)])
-        self.schedule = Schedule(data.task, federation.batch_size, federation.local_epochs)
-        self.buckets = make_buckets(
-            train_counts, test_counts, federation.batch_size, federation.max_buckets,
-            min_real_share=federation.min_real_share,
-            min_saving=federation.bucket_cost / (
-                max(federation.rounds, 1) * federation.local_epochs * federation.batch_size
-            ),
-        )
-        self.padding_real_share = real_share(self.buckets, data.train.counts)
-        cohort = federation.cohort_size
-        self.full_participation = cohort is None or cohort >= self.num_real
-        # A bucket reserves one slot per node it could receive, so no sampled node is dropped.
-        self.slots = [
-            len(b.ids) if self.full_participation else min(len(b.ids), cohort)
-            for b in self.buckets
-        ]
-        self.arrays = [self._bucket_arrays(b) for b in self.buckets]
-        self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
+        self.schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
+        self.train = _split_arrays(data.train, empty_nodes)
+        self.test = _split_arrays(data.test, empty_nodes)
+        self.full_participation = fed.cohort_size is None or fed.cohort_size >= self.num_real
+        self.cohort = self.num_nodes if self.full_participation else fed.cohort_size
+        steps = fed.local_epochs * steps_per_epoch(data.train.counts, fed.batch_size)
+        self.lanes = min(_lane_count(fed, steps, self.cohort), self.cohort)
+        self.makespan = lanes_lib.makespan(steps, self.lanes)
+        computed = self.lanes * self.makespan * fed.batch_size
+        self.real_share = float(fed.local_epochs * data.train.counts.sum() / max(computed, 1))
+        self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
+        self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
+        self._run = jax.jit(self._rounds, static_argnums=(1,), donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._node_models_all)
         self._init = jax.jit(self._init_state)  # fresh buffers: `run` donates the state
-
-    def _bucket_arrays(self, bucket: Bucket) -> BucketArrays:
-        real = bucket.ids[bucket.ids < self.num_real]
-        empty = len(bucket.ids) - len(real)
-
-        def padded(split, length):
-            x, y, _ = split.padded(length, real)
-            pad = lambda a: np.concatenate([a, np.zeros((empty,) + a.shape[1:], a.dtype)])
-            return jnp.asarray(pad(x)), jnp.asarray(pad(y))
-
-        counts = lambda split: jnp.asarray(
-            np.concatenate([split.counts[real], np.zeros(empty, np.int64)]), jnp.int32
-        )
-        x, y = padded(self.data.train, bucket.length)
-        xt, yt = padded(self.data.test, bucket.test_length)
-        return BucketArrays(x, y, counts(self.data.train), xt, yt, counts(self.data.test))
 
     # ----- state -----
 
     def _key(self, purpose: int) -> jax.Array:
         """Independent streams from one seed: node init, rounds, fine-tuning."""
         return jax.random.fold_in(jax.random.key(self.federation.seed), purpose)
+
+    def _node_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(order keys [N], step keys [N]): node k's key fold_in(key, k), split in two."""
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(self.num_nodes))
+        split = jax.vmap(jax.random.split)(keys)
+        return split[:, 0], split[:, 1]
 
     def init(self) -> EngineState:
         """Initial server state and stacked node states (leaves [N, ...])."""
@@ -184,70 +212,104 @@ class Engine:
         nodes = jax.vmap(self.algorithm.init_node)(node_keys)  # leaves [N, ...]
         return EngineState(self.algorithm.init(k_server), nodes, jnp.zeros((), jnp.int32))
 
+    # ----- lanes -----
+
+    def _train_lanes(self, ids, steps, num_lanes, start, step, finish, out, key, epochs):
+        """Trains the nodes `ids` [C] for `steps` [C] steps each on `num_lanes` lanes.
+
+        Args:
+          start: (node id) -> training state; step: the algorithm's step function.
+          finish: (out, node ids [L], slots [L], states [L, ...], done [L]) -> out.
+          out: what `finish` accumulates into.
+          key: stream of this pass; node k's orders and step keys derive from fold_in(key, k).
+          epochs: epochs of shuffled orders; a node's step s uses epoch s // ceil(n / B)
+            (clamped), batch s % ceil(n / B).
+
+        Returns:
+          (out, loss sum over real examples, examples seen).
+        """
+        tr, b = self.train, self.federation.batch_size
+        k_order, k_step = self._node_keys(key)
+        orders = epoch_orders(k_order, tr.segment, tr.local, epochs).reshape(-1)
+        rows_total = tr.segment.shape[0]
+        slot_ids = jnp.concatenate([ids, ids[:1]])  # slot C (no node) reads a real one, unused
+        first_ids = slot_ids[jnp.zeros(num_lanes, jnp.int32)]
+        states = jax.vmap(start)(first_ids)
+
+        def body(carry, pos: lanes_lib.Position):
+            states, out, loss_sum, seen = carry
+            node = slot_ids[pos.slot]
+            states = jax.lax.cond(  # a lane picks up its next node
+                jnp.any(pos.first), lambda: _select(pos.first, jax.vmap(start)(node), states),
+                lambda: states,
+            )
+            n = self.train.counts[node]
+            per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
+            epoch = jnp.minimum(pos.step // per_epoch, epochs - 1)
+            rows, mask = jax.vmap(batch_rows, in_axes=(None, 0, 0, 0, None))(
+                orders, epoch * rows_total + tr.offsets[node], n, pos.step % per_epoch, b
+            )
+            mask = mask & pos.active[:, None]
+            keys = jax.vmap(jax.random.fold_in)(k_step[node], pos.step)
+            new, loss = jax.vmap(step, in_axes=(0, 0, 0, None))(
+                states, Batch(tr.x[rows], tr.y[rows], mask), keys, self.schedule.task
+            )
+            states = _select(pos.active, new, states)
+            count = jnp.sum(mask, axis=1).astype(loss.dtype)
+            done = pos.active & pos.last
+            out = jax.lax.cond(
+                jnp.any(done), lambda: finish(out, node, pos.slot, states, done), lambda: out
+            )
+            return states, out, loss_sum + jnp.where(count > 0, loss * count, 0.0), seen + count
+
+        zero = jnp.zeros(num_lanes)
+        lanes = lanes_lib.deal(steps, num_lanes)
+        _, out, loss_sum, seen = lanes_lib.run(lanes, body, (states, out, zero, zero))
+        return out, jnp.sum(loss_sum), jnp.sum(seen)
+
     # ----- one round -----
 
-    def _cohort_slots(self, bucket: Bucket, slots: int, selected: jax.Array):
-        """Bucket-local indices [slots] of the bucket's selected nodes first, and their mask."""
-        chosen = selected[bucket.ids]
-        local = jnp.argsort(~chosen, stable=True)[:slots]
-        return local, chosen[local]
-
-    def _round(self, state: EngineState, arrays: list[BucketArrays]):
+    def _round(self, state: EngineState):
         algo, fed = self.algorithm, self.federation
         key = jax.random.fold_in(self._key(_ROUNDS), state.round)
         k_cohort, k_nodes = jax.random.split(key)
         broadcast = algo.broadcast(state.server)
-        if not self.full_participation:
-            chosen = jax.random.permutation(k_cohort, self.num_real)[: fed.cohort_size]
-            selected = jnp.zeros(self.num_nodes, bool).at[chosen].set(True)
-        nodes = state.nodes
-        uploads, weights, losses, seens = [], [], [], []
-        for bucket, slots, arr in zip(self.buckets, self.slots, arrays, strict=True):
-            if self.full_participation:
-                local, active = slice(None), jnp.ones(len(bucket.ids), bool)
-                ids = jnp.asarray(bucket.ids)
-            else:
-                local, active = self._cohort_slots(bucket, slots, selected)
-                ids = jnp.asarray(bucket.ids)[local]
-            n = jnp.where(active, arr.n[local], 0)
-            data = NodeData(arr.x[local], arr.y[local], n)
-            node_states = jax.tree.map(lambda leaf, ids=ids: leaf[ids], nodes)
-            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_nodes, ids)
+        if self.full_participation:
+            ids = jnp.arange(self.num_nodes)
+        else:
+            ids = jax.random.permutation(k_cohort, self.num_real)[: self.cohort]
+        n = self.train.counts[ids]
+        steps = fed.local_epochs * steps_per_epoch(n, fed.batch_size)
 
-            def update(node_states, data, keys):
-                return jax.vmap(algo.node_update, in_axes=(None, 0, 0, 0, None))(
-                    broadcast, node_states, data, keys, self.schedule
-                )
+        start = lambda node: algo.start(broadcast, _gather(state.nodes, node))
+        upload_shape = jax.eval_shape(
+            lambda node: algo.finish(broadcast, _gather(state.nodes, node), start(node))[0],
+            ids[0],
+        )
 
-            if self.full_participation:
-                upload, new_states, (loss, seen) = update(node_states, data, keys)
-            else:  # skip buckets with no sampled node (e.g. the few largest nodes)
-                shapes = jax.eval_shape(update, node_states, data, keys)
-                upload, new_states, (loss, seen) = jax.lax.cond(
-                    jnp.any(active), update, lambda *_, s=shapes: _zeros_like_shapes(s),
-                    node_states, data, keys,
-                )
-            new_states = jax.tree.map(
-                lambda new, old, a=active: jnp.where(_lead(a, new), new, old),
-                new_states, node_states,
+        def finish(out, node, slot, states, done):
+            nodes, uploads = out
+            upload, new = jax.vmap(algo.finish, in_axes=(None, 0, 0))(
+                broadcast, _gather(nodes, node), states
             )
-            nodes = jax.tree.map(lambda leaf, v, ids=ids: leaf.at[ids].set(v), nodes, new_states)
-            uploads.append(upload)
-            weights.append(n.astype(jnp.float32))
-            losses.append(loss)
-            seens.append(seen)
-        uploads = jax.tree.map(lambda *u: jnp.concatenate(u), *uploads)
-        weights = jnp.concatenate(weights)
+            nodes = _scatter(nodes, jnp.where(done, node, self.num_nodes), new)
+            uploads = _scatter(uploads, jnp.where(done, slot, self.cohort), upload)
+            return nodes, uploads
+
+        out = (state.nodes, _zeros(upload_shape, self.cohort))
+        (nodes, uploads), loss, seen = self._train_lanes(
+            ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs
+        )
+        weights = n.astype(jnp.float32)
         server = algo.server_update(state.server, uploads, weights)
-        seen = jnp.sum(jnp.concatenate(seens))
         metrics = {
-            "train_loss": jnp.sum(jnp.concatenate(losses)) / jnp.maximum(seen, 1.0),
+            "train_loss": loss / jnp.maximum(seen, 1.0),
             "participants": jnp.sum(weights > 0),
         }
         return EngineState(server, nodes, state.round + 1), metrics
 
-    def _rounds(self, state: EngineState, arrays, num_rounds: int):
-        return jax.lax.scan(lambda s, _: self._round(s, arrays), state, None, length=num_rounds)
+    def _rounds(self, state: EngineState, num_rounds: int):
+        return jax.lax.scan(lambda s, _: self._round(s), state, None, length=num_rounds)
 
     def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
         """Runs `rounds` rounds (default: the federation's), `rounds_per_sync` per jitted scan.
@@ -264,7 +326,7 @@ class Engine:
         history, done = [], 0
         while done < rounds:
             n = min(chunk, rounds - done)
-            state, metrics = self._run(state, self.arrays, n)
+            state, metrics = self._run(state, n)
             done += n
             history.append(metrics)
             if callback is not None:
@@ -276,51 +338,69 @@ class Engine:
 
     # ----- evaluation -----
 
-    def _bucket_models(self, state: EngineState, bucket: Bucket, arr: BucketArrays) -> dict:
-        """{kind: (shared, personal)} of a bucket's nodes, leaves [n_b, ...]; a global model
-        is also fine-tuned into "personalized" when `finetune_steps` > 0."""
+    def _models(self, state: EngineState) -> dict:
+        """{kind: (shared, personal)} of every node, leaves [N, ...]; a global model is also
+        fine-tuned into "personalized" when `finetune_steps` > 0."""
         algo, fed = self.algorithm, self.federation
-        ids = jnp.asarray(bucket.ids)
-        node_states = jax.tree.map(lambda leaf: leaf[ids], state.nodes)
-        kinds = jax.vmap(algo.models, in_axes=(None, 0), axis_size=len(bucket.ids))(
-            algo.broadcast(state.server), node_states
+        kinds = jax.vmap(algo.models, in_axes=(None, 0), axis_size=self.num_nodes)(
+            algo.broadcast(state.server), state.nodes
         )
         if fed.finetune_steps and algo.finetune and "global" in kinds:
-            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self._key(_FINETUNE), ids)
-            kinds["personalized"] = jax.vmap(algo.finetune, in_axes=(0, 0, 0, None, None))(
-                kinds["global"], NodeData(arr.x, arr.y, arr.n), keys, self.schedule,
-                fed.finetune_steps,
+            tune = algo.finetune
+            ids = jnp.arange(self.num_nodes)
+            steps = jnp.where(self.train.counts > 0, fed.finetune_steps, 0)
+
+            def finish(out, node, slot, states, done):
+                return _scatter(out, jnp.where(done, node, self.num_nodes), states.params)
+
+            start = lambda node: tune.init(_gather(kinds["global"], node))
+            kinds["personalized"], _, _ = self._train_lanes(
+                ids, steps, self.finetune_lanes, start, tune.step, finish, kinds["global"],
+                self._key(_FINETUNE), 1,
             )
         return kinds
 
-    def _evaluate_all(self, state: EngineState, arrays: list[BucketArrays]):
-        task, apply = self.data.task, self.algorithm.model.apply
-        out = {}
-        for bucket, arr in zip(self.buckets, arrays, strict=True):
-            mask = jnp.arange(arr.xt.shape[1])[None, :] < arr.nt[:, None]
-            for kind, (shared, personal) in self._bucket_models(state, bucket, arr).items():
-                sums = jax.vmap(lambda s, p, x, y, m: metric_sums(task, apply(s, p, x), y, m))(
-                    shared, personal, arr.xt, arr.yt, mask
+    def _evaluate_all(self, state: EngineState):
+        te, task, apply = self.test, self.data.task, self.algorithm.model.apply
+        kinds = self._models(state)
+        rows = jnp.zeros(EVAL_BATCH, jnp.int32)
+        shapes = jax.eval_shape(lambda: metric_sums(
+            task, apply(*_gather(next(iter(kinds.values())), 0), te.x[rows]), te.y[rows],
+            jnp.ones(EVAL_BATCH, bool),
+        ))
+        zeros = {kind: _zeros(shapes, self.eval_lanes) for kind in kinds}
+
+        def body(carry, pos: lanes_lib.Position):
+            sums, out = carry
+            node = pos.slot
+            rows, mask = jax.vmap(batch_rows, in_axes=(None, 0, 0, 0, None))(
+                jnp.arange(te.x.shape[0]), te.offsets[node], te.counts[node], pos.step,
+                EVAL_BATCH,
+            )
+            mask = mask & pos.active[:, None]
+            for kind, params in kinds.items():
+                new = jax.vmap(lambda p, x, y, m: metric_sums(task, apply(*p, x), y, m))(
+                    _gather(params, node), te.x[rows], te.y[rows], mask
                 )
-                acc = out.setdefault(kind, {k: jnp.zeros(self.num_nodes) for k in sums})
-                for k, v in sums.items():
-                    acc[k] = acc[k].at[bucket.ids].set(v)
+                kept = _select(pos.first, zeros[kind], sums[kind])
+                sums[kind] = jax.tree.map(jnp.add, kept, new)
+                done = jnp.where(pos.active & pos.last, node, self.num_nodes)
+                out[kind] = _scatter(out[kind], done, sums[kind])
+            return sums, out
+
+        steps = steps_per_epoch(te.counts, EVAL_BATCH)
+        out = {kind: _zeros(shapes, self.num_nodes) for kind in kinds}
+        lanes = lanes_lib.deal(steps, self.eval_lanes)
+        _, out = lanes_lib.run(lanes, body, (dict(zeros), out))
         return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
 
-    def _node_models_all(self, state: EngineState, arrays: list[BucketArrays]):
-        out = {}
-        for bucket, arr in zip(self.buckets, arrays, strict=True):
-            for kind, params in self._bucket_models(state, bucket, arr).items():
-                acc = out.setdefault(kind, jax.tree.map(
-                    lambda v: jnp.zeros((self.num_nodes,) + v.shape[1:], v.dtype), params
-                ))
-                out[kind] = jax.tree.map(lambda a, v, i=bucket.ids: a.at[i].set(v), acc, params)
-        return out
+    def _node_models_all(self, state: EngineState):
+        return self._models(state)
 
     def node_models(self, state: EngineState) -> dict:
         """Each real node's model of every kind, as used by `evaluate` (fine-tuning included):
         {kind: (shared, personal)} with leaves [N, ...]."""
-        models = self._node_models(state, self.arrays)
+        models = self._node_models(state)
         return jax.tree.map(lambda leaf: leaf[: self.num_real], models)
 
     def evaluate(self, state: EngineState) -> dict[str, dict[str, np.ndarray]]:
@@ -330,7 +410,7 @@ class Engine:
         FloatingPointError naming the node.
         """
         tested = self.data.test.counts > 0
-        result = jax.device_get(self._evaluate(state, self.arrays))
+        result = jax.device_get(self._evaluate(state))
         per_node = {
             kind: {k: np.asarray(v[: self.num_real]) for k, v in metrics.items()}
             for kind, metrics in result.items()

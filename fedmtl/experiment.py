@@ -23,14 +23,14 @@ class AlgorithmResult:
         "local".
       history: {metric: [R]} per-round training metrics.
       seconds: wall time including compilation.
-      padding_real_share: share of computed sample-steps that were real examples.
+      real_share: share of the engine's computed sample-steps that were real examples.
     """
 
     name: str
     per_node: dict[str, dict[str, np.ndarray]]
     history: dict[str, np.ndarray]
     seconds: float
-    padding_real_share: float
+    real_share: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def run_algorithm(
     state, history = engine.run(engine.init(), callback=callback)
     per_node = engine.evaluate(state)
     return AlgorithmResult(
-        algorithm.name, per_node, history, time.perf_counter() - start, engine.padding_real_share
+        algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share
     )
 
 

@@ -208,7 +208,7 @@ def to_json(comparison: Comparison, extra: dict | None = None) -> dict:
         "algorithms": {
             r.name: {
                 "seconds": r.seconds,
-                "padding_real_share": r.padding_real_share,
+                "real_share": r.real_share,
                 "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
             }
             for r in comparison.results

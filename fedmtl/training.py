@@ -1,9 +1,10 @@
-"""Local training of ONE node: minibatch steps as a `lax.scan` over fixed-shape batches.
+"""Local training of ONE node, one minibatch step at a time.
 
-A node's rows are padded to S (a multiple of the batch size B) with n real rows first. Each
-epoch visits the n real rows in a fresh random order in ceil(n / B) steps; the scan runs
-E * S / B steps and the padded ones are exact no-ops (parameters and optimizer state kept by
-`where`), so results do not depend on S. Written unbatched; the engine vmaps it.
+Node k takes ceil(n_k / B) steps per epoch; each epoch visits its n_k rows in a fresh random
+order that depends only on the node's key and n_k (`epoch_orders`), so results never depend on
+where the engine placed the node. An algorithm's `step` sees one fixed-shape batch; the engine
+(fedmtl.engine) decides which node each step belongs to. `node_round` runs one node's round on
+its own, the plain reference the engine is tested against.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from fedmtl.objectives import masked_mean_loss
 
-class NodeData(NamedTuple):
-    """One node's padded split: x [S, *F], y [S, ...], n scalar int32 (real rows first)."""
+
+class Batch(NamedTuple):
+    """One minibatch of one node: x [B, *F], y [B, ...], mask [B] (False: padding row)."""
 
     x: jax.Array
     y: jax.Array
-    n: jax.Array
+    mask: jax.Array
 
 
 class Schedule(NamedTuple):
@@ -32,78 +36,123 @@ class Schedule(NamedTuple):
     epochs: int = 1
 
 
-def shuffled_order(key: jax.Array, n: jax.Array, length: int) -> jax.Array:
-    """A random order [S] of positions 0..S-1 with the n real ones first.
+class TrainState(NamedTuple):
+    """Parameters being trained on a node and their optimizer state."""
 
-    With JAX's partitionable threefry (the default since 0.5) draw i of `uniform(key, (S,))`
-    does not depend on S, so the order of the real rows depends only on (key, n), not on how
-    much padding follows them (tests/test_engine.py checks this).
+    params: Any
+    opt_state: Any
+
+
+class Trainer(NamedTuple):
+    """Minibatch training of a parameter pytree, one step at a time.
+
+    Attributes:
+      init: params -> TrainState (the optimizer state starts fresh).
+      step: (TrainState, Batch, key, task) -> (TrainState, mean loss over the batch's real rows).
     """
-    positions = jnp.arange(length)
-    u = jax.random.uniform(key, (length,))
-    return jnp.argsort(jnp.where(positions < n, u, jnp.inf))
+
+    init: Callable[[Any], TrainState]
+    step: Callable[[TrainState, Batch, jax.Array, str], tuple[TrainState, jax.Array]]
 
 
-def _keep_if(active, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+def trainer(
+    apply: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation
+) -> Trainer:
+    """A `Trainer` taking optax steps on the task's masked mean loss of `apply(params, x)`."""
+
+    def init(params):
+        return TrainState(params, optimizer.init(params))
+
+    def step(state: TrainState, batch: Batch, key, task: str):
+        del key  # plain minibatch steps draw nothing
+
+        def loss_fn(params):
+            return masked_mean_loss(task, apply(params, batch.x), batch.y, batch.mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    return Trainer(init, step)
 
 
-def minibatch_steps(
-    loss_fn: Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array],
-    optimizer: optax.GradientTransformation,
-    params: Any,
-    data: NodeData,
-    key: jax.Array,
-    schedule: Schedule,
-    *,
-    steps: int | None = None,
-) -> tuple[Any, jax.Array, jax.Array]:
-    """Trains `params` on one node's data.
+def steps_per_epoch(n, batch_size: int):
+    """ceil(n / B): steps a node with n rows takes per epoch (0 for an empty node)."""
+    return (n + batch_size - 1) // batch_size
+
+
+def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: int) -> jax.Array:
+    """Random visiting orders of every node's rows, one per epoch.
+
+    Row i of node k draws bits(fold_in(fold_in(key_k, epoch), i)); sorting by (node, bits)
+    shuffles each node's rows in place, so a node's order depends only on (key_k, n_k).
 
     Args:
-      loss_fn: (params, x [B, *F], y [B, ...], mask [B]) -> mean loss over real rows.
-      optimizer: optax transformation; its state starts fresh here.
-      params: pytree to train.
-      data: the node's padded rows.
-      key: the node's key for this call.
-      schedule: batch size B and epochs E; the node takes ceil(n / B) * E real steps.
-      steps: if given, take exactly this many real steps instead, cycling over one shuffled
-        pass of the data (used for fine-tuning before evaluation).
+      keys: [K] node keys.
+      segment: [R] node of each row (non-decreasing: rows are stored node after node).
+      local: [R] the row's position within its node.
+      epochs: E.
 
     Returns:
-      (trained params, summed training loss over real examples [scalar], real examples seen).
+      [E, R] int32: entry offsets[k] + j of epoch e is the row node k visits j-th.
     """
-    b = schedule.batch_size
-    length = data.x.shape[0]
-    if length % b:
-        raise ValueError(f"padded length {length} is not a multiple of batch size {b}")
-    per_epoch = jnp.maximum((data.n + b - 1) // b, 1)  # ceil(n / B), at least 1 to divide by
-    if steps is None:
-        epochs = schedule.epochs
-        orders = jax.vmap(lambda k: shuffled_order(k, data.n, length))(
-            jax.random.split(key, epochs)
-        )
-        total = epochs * (length // b)
-        real_steps = epochs * ((data.n + b - 1) // b)
-    else:
-        orders = shuffled_order(key, data.n, length)[None]
-        total = steps
-        real_steps = jnp.where(data.n > 0, steps, 0)
+    rows = jnp.arange(segment.shape[0], dtype=jnp.int32)
 
-    def step(carry, t):
-        params, opt_state = carry
-        epoch = jnp.minimum(t // per_epoch, orders.shape[0] - 1)
-        start = (t % per_epoch) * b
-        idx = jax.lax.dynamic_slice(orders[epoch], (start,), (b,))
-        mask = start + jnp.arange(b) < data.n
-        loss, grads = jax.value_and_grad(loss_fn)(params, data.x[idx], data.y[idx], mask)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        active = t < real_steps
-        carry = _keep_if(active, (optax.apply_updates(params, updates), new_opt_state), carry)
-        seen = jnp.where(active, jnp.sum(mask), 0).astype(loss.dtype)
-        return carry, (loss * seen, seen)
+    def one(epoch):
+        row_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)[segment]
+        bits = jax.vmap(lambda k, i: jax.random.bits(jax.random.fold_in(k, i)))(row_keys, local)
+        return jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
 
-    (params, _), (losses, seen) = jax.lax.scan(
-        step, (params, optimizer.init(params)), jnp.arange(total)
-    )
-    return params, jnp.sum(losses), jnp.sum(seen)
+    return jax.vmap(one)(jnp.arange(epochs)) if epochs > 1 else one(0)[None]
+
+
+def batch_rows(order: jax.Array, offset, n, step, batch_size: int):
+    """Rows [B] of a node's `step`-th batch within one epoch's `order`, and their mask [B]."""
+    position = step * batch_size + jnp.arange(batch_size)
+    mask = position < n
+    rows = order[offset + jnp.minimum(position, jnp.maximum(n - 1, 0))]
+    return rows, mask
+
+
+def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None):
+    """One node's local steps on its own rows x [n, *F], y [n, ...], as the engine takes them.
+
+    Without `steps`: E * ceil(n / B) steps over E freshly shuffled epochs. With `steps`:
+    exactly that many, cycling through one shuffled pass (fine-tuning before evaluation).
+    Node key `key` splits into (order key, step key); step s gets fold_in(step key, s).
+
+    Returns:
+      (state, loss sum over real examples, examples seen).
+    """
+    n, b = x.shape[0], schedule.batch_size
+    per_epoch = max(int(steps_per_epoch(n, b)), 1)
+    epochs = schedule.epochs if steps is None else 1
+    total = int(steps_per_epoch(n, b)) * epochs if steps is None else (steps if n else 0)
+    k_order, k_step = jax.random.split(key)
+    orders = epoch_orders(k_order[None], jnp.zeros(n, jnp.int32), jnp.arange(n), epochs)
+
+    def one(state, s):
+        rows, mask = batch_rows(orders[jnp.minimum(s // per_epoch, epochs - 1)], 0, n,
+                                s % per_epoch, b)
+        state, loss = step(state, Batch(x[rows], y[rows], mask), jax.random.fold_in(k_step, s),
+                           schedule.task)
+        seen = jnp.sum(mask).astype(loss.dtype)
+        return state, (loss * seen, seen)
+
+    if total == 0:
+        return state, jnp.zeros(()), jnp.zeros(())
+    state, (losses, seen) = jax.lax.scan(one, state, np.arange(total))
+    return state, jnp.sum(losses), jnp.sum(seen)
+
+
+def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule):
+    """One node's round on its own rows: `start`, `node_steps`, `finish` (the per-node
+    reference the engine is tested against, and the loop a 100-line prototype would run).
+
+    Returns:
+      (upload, new node state, (loss sum over real examples, examples seen)).
+    """
+    state = algorithm.start(broadcast, node_state)
+    state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule)
+    upload, node_state = algorithm.finish(broadcast, node_state, state)
+    return upload, node_state, (loss, seen)

@@ -183,7 +183,6 @@ class Training:
         (uncapped RUL reaches ~500 cycles; on the raw target, SGD diverges at lr >= 1e-3).
       finetune_steps: local SGD steps that personalize the FedAvg model ("finetuned").
       seed: seeds model init and training.
-      max_buckets: engine size buckets (each one compiles once).
     """
 
     model: str = "mlp"
@@ -195,12 +194,11 @@ class Training:
     target_scale: float = 100.0
     finetune_steps: int = 50
     seed: int = 0
-    max_buckets: int = 4
 
     def federation(self) -> Federation:
         return Federation(
             rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
-            seed=self.seed, max_buckets=self.max_buckets,
+            seed=self.seed,
             rounds_per_sync=max(1, min(25, self.rounds)),
         )
 
@@ -507,9 +505,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=d.finetune_steps,
                    help="local steps that personalize the FedAvg model; 0 drops the fine-tuned "
                    f"strategy (default {d.finetune_steps})")
-    g.add_argument("--max-buckets", type=bounded(int, minimum=1), default=d.max_buckets,
-                   help="factory size buckets, each compiled once (default "
-                   f"{d.max_buckets}; 1 compiles least)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the engine split, training and slot orders (default 0)")
     g = p.add_argument_group("economics")
@@ -558,7 +553,6 @@ def run(args, console: Console) -> int:
     training = Training(
         rounds=args.rounds, batch_size=args.batch_size, lr=args.lr, hidden=tuple(args.hidden),
         target_scale=args.target_scale, finetune_steps=args.finetune_steps, seed=args.seed,
-        max_buckets=args.max_buckets,
     )
     economics = Economics(args.profit_per_cycle, args.failure_cost, args.failure_downtime,
                           args.maintenance_cost, args.maintenance_downtime)

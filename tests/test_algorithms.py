@@ -14,13 +14,12 @@ from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
 from fedmtl.models import MLP
 from fedmtl.objectives import masked_mean_loss
-from fedmtl.training import NodeData, Schedule, shuffled_order
+from fedmtl.training import Schedule, epoch_orders, node_round, node_steps
 
 # The tiny problem of tests/test_engine.py (same shapes, so its compiled rounds are reused).
 SIZES = (5, 6, 14, 15, 16)
 DIM, CLASSES = 4, 3
-BASE = Federation(rounds=2, batch_size=4, max_buckets=1, finetune_steps=2, seed=0,
-                  rounds_per_sync=1)
+BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
 
 
 def _xy(sizes, seed=0):
@@ -128,27 +127,41 @@ def test_finetune_equals_manual_minibatch_steps():
     algo = _algorithm("fedavg", lr=0.1)
     xs, ys = _xy([7], seed=3)
     n, b, steps = 7, 3, 4  # batches of 3, 3, 1 real rows, then the first batch again
-    length = 9
-    x = jnp.asarray(np.concatenate([xs[0], np.zeros((length - n, DIM), np.float32)]))
-    y = jnp.asarray(np.concatenate([ys[0], np.zeros(length - n, np.int32)]))
+    x, y = jnp.asarray(xs[0]), jnp.asarray(ys[0])
     key = jax.random.key(11)
     schedule = Schedule("classification", batch_size=b, epochs=1)
-    got, _ = algo.finetune((algo.model.shared, algo.model.personal),
-                           NodeData(x, y, jnp.asarray(n, jnp.int32)), key, schedule, steps)
-    order = np.asarray(shuffled_order(key, jnp.asarray(n), length))
-    assert sorted(order[:n].tolist()) == list(range(n))
+    tune = algo.finetune
+    got, _, seen = node_steps(tune.step, tune.init((algo.model.shared, algo.model.personal)),
+                              x, y, key, schedule, steps)
+    assert int(seen) == 3 + 3 + 1 + 3
+    order = np.asarray(epoch_orders(jax.random.split(key)[0][None], jnp.zeros(n, jnp.int32),
+                                    jnp.arange(n), 1)[0])
+    assert sorted(order.tolist()) == list(range(n)) and order.tolist() != list(range(n))
     params = algo.model.shared
     for t in range(steps):
-        start = (t % 3) * b
-        idx = order[start:start + b]
-        mask = jnp.asarray(start + np.arange(b) < n)
+        idx = order[(t % 3) * b:(t % 3) * b + b]
 
-        def loss(p, idx=idx, mask=mask):
+        def loss(p, idx=idx):
             out = algo.model.apply(p, algo.model.personal, x[idx])
-            return masked_mean_loss("classification", out, y[idx], mask)
+            return masked_mean_loss("classification", out, y[idx], jnp.ones(len(idx), bool))
 
         params = jax.tree.map(lambda p, g: p - 0.1 * g, params, jax.grad(loss)(params))
-    _assert_close(got, params)
+    _assert_close(got.params[0], params)
+
+
+def test_epoch_orders_depend_only_on_the_nodes_key_and_size():
+    """A node's order is the same alone or beside others, wherever its rows sit."""
+    keys = jax.random.split(jax.random.key(5), 3)
+    counts = np.array([4, 9, 6])
+    segment = jnp.asarray(np.repeat(np.arange(3), counts), jnp.int32)
+    local = jnp.asarray(np.concatenate([np.arange(c) for c in counts]), jnp.int32)
+    together = np.asarray(epoch_orders(keys, segment, local, 2))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    for k, c in enumerate(counts):
+        alone = np.asarray(epoch_orders(keys[k][None], jnp.zeros(c, jnp.int32), jnp.arange(c), 2))
+        np.testing.assert_array_equal(together[:, offsets[k]:offsets[k + 1]] - offsets[k], alone)
+        assert all(sorted(o.tolist()) == list(range(c)) for o in alone)
+    assert not np.array_equal(together[0], together[1])  # each epoch reshuffles
 
 
 # ----- personal state stays personal -----
@@ -156,12 +169,11 @@ def test_finetune_equals_manual_minibatch_steps():
 
 def _one_node(algo, state_of_node):
     xs, ys = _xy([6])
-    data = NodeData(jnp.asarray(np.concatenate([xs[0], np.zeros((2, DIM), np.float32)])),
-                    jnp.asarray(np.concatenate([ys[0], np.zeros(2, np.int32)])),
-                    jnp.asarray(6, jnp.int32))
-    update = lambda *args: algo.node_update(*args, Schedule(batch_size=4))
-    return jax.eval_shape(update, algo.broadcast(algo.init(jax.random.key(0))), state_of_node,
-                          data, jax.random.key(1))
+    return jax.eval_shape(
+        lambda *args: node_round(algo, *args, Schedule(batch_size=4)),
+        algo.broadcast(algo.init(jax.random.key(0))), state_of_node, jnp.asarray(xs[0]),
+        jnp.asarray(ys[0]), jax.random.key(1),
+    )
 
 
 def test_upload_contents():

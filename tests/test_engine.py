@@ -1,9 +1,9 @@
-"""Engine: the vmapped, bucketed, jitted round equals a plain per-node loop; padding, empty
-nodes, jit and seeds change nothing they should not; evaluation matches a hand computation.
+"""Engine: the jitted round of vmapped lanes equals a plain per-node loop; the lane count,
+empty nodes, jit and seeds change nothing they should not; evaluation matches a hand
+computation.
 
-Each Engine compiles per size bucket, so engines are built once per configuration (`_engine`)
-and the data is tiny: 5 nodes of 5-16 examples, 4 features, 3 classes, an MLP with 8 hidden
-units.
+Compiling is the slow part, so engines are built once per configuration (`_engine`) and the
+data is tiny: 5 nodes of 5-16 examples, 4 features, 3 classes, an MLP with 8 hidden units.
 """
 
 import functools
@@ -18,14 +18,13 @@ from fedmtl import algorithms
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
 from fedmtl.models import MLP
-from fedmtl.training import NodeData, Schedule
+from fedmtl.training import Schedule, node_round, node_steps
 
-SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: two padded lengths at B = 4
+SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: 1, 1, 3, 3, 3 steps at B = 4
 DIM, CLASSES = 4, 3
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
-BASE = Federation(rounds=2, batch_size=4, max_buckets=1, finetune_steps=2, seed=0,
-                  rounds_per_sync=1)
-TRACES = {}  # algorithm name -> times its node_update was traced
+BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
+TRACES = {}  # algorithm name -> times its step was traced
 
 
 def _data(sizes=SIZES, seed=0, names=None) -> FederatedData:
@@ -41,9 +40,9 @@ def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
 
     def counted(*args):  # runs at trace time only: counts traces, not executions
         TRACES[name] = TRACES.get(name, 0) + 1
-        return algo.node_update(*args)
+        return algo.step(*args)
 
-    return algo._replace(node_update=counted)
+    return algo._replace(step=counted)
 
 
 @functools.cache
@@ -73,12 +72,10 @@ def _real_nodes(nodes, n):
     return jax.tree.map(lambda leaf: leaf[:n], nodes)
 
 
-def _node_data(split, k: int, batch_size: int) -> NodeData:
-    """Node k's rows alone, padded to the next multiple of the batch size."""
-    n = int(split.counts[k])
-    length = max(-(-n // batch_size), 1) * batch_size
-    x, y, _ = split.padded(length, [k])
-    return NodeData(jnp.asarray(x[0]), jnp.asarray(y[0]), jnp.asarray(n, jnp.int32))
+def _node_rows(split, k: int):
+    """Node k's rows alone, on the device."""
+    x, y = split.node(k)
+    return jnp.asarray(x), jnp.asarray(y)
 
 
 def _round_keys(seed: int, round_: int):
@@ -87,16 +84,18 @@ def _round_keys(seed: int, round_: int):
     return jax.random.split(key)
 
 
-def _loop_round(algo, node_update, data, fed, server, nodes, round_):
-    """One round as a plain Python loop over nodes of the unbatched `node_update`."""
+def _loop_round(algo, data, fed, server, nodes, round_):
+    """One round as a plain Python loop over nodes of the unbatched `node_round`."""
     _, k_nodes = _round_keys(fed.seed, round_)
     schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
+    # jit only so each node's scan compiles once per node size (eagerly, every call would)
+    one_node = jax.jit(lambda *args: node_round(algo, *args, schedule))
     broadcast = algo.broadcast(server)
     uploads, new_nodes = [], []
     for k in range(data.num_nodes):
-        upload, node, _ = node_update(
+        upload, node, _ = one_node(
             broadcast, jax.tree.map(lambda leaf, k=k: leaf[k], nodes),
-            _node_data(data.train, k, fed.batch_size), jax.random.fold_in(k_nodes, k), schedule,
+            *_node_rows(data.train, k), jax.random.fold_in(k_nodes, k),
         )
         uploads.append(upload)
         new_nodes.append(node)
@@ -114,10 +113,8 @@ def test_vmapped_rounds_equal_per_node_loop(name):
     algo, data = engine.algorithm, engine.data
     state = engine.init()
     server, nodes = state.server, state.nodes
-    # jit only so the scan compiles once per padded length (eagerly, every call would); no vmap
-    node_update = jax.jit(algo.node_update, static_argnums=4)
     for round_ in range(2):
-        server, nodes = _loop_round(algo, node_update, data, BASE, server, nodes, round_)
+        server, nodes = _loop_round(algo, data, BASE, server, nodes, round_)
     got, history = engine.run(engine.init(), 2)
     assert int(got.round) == 2
     _assert_close(got.server, server)
@@ -125,19 +122,22 @@ def test_vmapped_rounds_equal_per_node_loop(name):
     np.testing.assert_array_equal(history["participants"], [data.num_nodes] * 2)
 
 
-# ----- padding invariance -----
+# ----- layout invariance -----
 
 
-def test_size_buckets_do_not_change_results():
-    one = _engine("fedper")
-    many = _engine("fedper", BASE._replace(max_buckets=8, bucket_cost=0.0))
-    assert len(one.buckets) == 1 and len(many.buckets) == 2
-    a, ha = one.run(one.init(), 2)
-    b, hb = many.run(many.init(), 2)
+@pytest.mark.parametrize("lanes", [1, 2, 5])
+def test_lane_count_does_not_change_results(lanes):
+    """One lane runs the nodes one after another, five run them all side by side."""
+    auto = _engine("fedper")
+    other = _engine("fedper", BASE._replace(lanes=lanes))
+    assert other.lanes == lanes
+    assert other.makespan == {1: 11, 2: 6, 5: 3}[lanes]  # node steps 1, 1, 3, 3, 3
+    a, ha = auto.run(auto.init(), 2)
+    b, hb = other.run(other.init(), 2)
     _assert_close(a.server, b.server)
     _assert_close(a.nodes, b.nodes)
     np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
-    _assert_close(one.evaluate(a), many.evaluate(b))
+    _assert_close(auto.evaluate(a), other.evaluate(b))
 
 
 def test_empty_nodes_change_nothing_for_real_nodes():
@@ -155,7 +155,7 @@ def test_empty_nodes_change_nothing_for_real_nodes():
     _assert_close(ea, eb)
 
 
-PARTIAL = BASE._replace(cohort_size=3, max_buckets=2, bucket_cost=0.0)
+PARTIAL = BASE._replace(cohort_size=3)
 
 
 def test_empty_nodes_change_nothing_under_partial_participation():
@@ -181,7 +181,6 @@ def _heads_changed(before, after) -> set[int]:
 
 def test_partial_participation_samples_fixed_cohorts():
     engine = _engine("fedper", PARTIAL)
-    assert len(engine.buckets) == 2
     state = engine.init()
     cohorts = []
     for round_ in range(4):
@@ -271,14 +270,16 @@ def test_evaluation_matches_hand_computation():
     assert set(result) == {"global", "personalized"}
     finetune_key = jax.random.fold_in(jax.random.key(BASE.seed), 2)
     schedule = Schedule(data.task, BASE.batch_size, BASE.local_epochs)
+    tune = algo.finetune
     for k in range(data.num_nodes):
         acc, loss = _manual_metrics(data, k, server)
         np.testing.assert_allclose(result["global"]["accuracy"][k], acc, rtol=1e-6)
         np.testing.assert_allclose(result["global"]["loss"][k], loss, rtol=1e-5)
-        shared, personal = algo.finetune(
-            (server, algo.model.personal), _node_data(data.train, k, BASE.batch_size),
+        tuned, _, _ = node_steps(
+            tune.step, tune.init((server, algo.model.personal)), *_node_rows(data.train, k),
             jax.random.fold_in(finetune_key, k), schedule, BASE.finetune_steps,
         )
+        shared, personal = tuned.params
         tuned = {**_np(shared), **_np(personal)}
         acc, loss = _manual_metrics(data, k, nnx.State(tuned))
         np.testing.assert_allclose(result["personalized"]["accuracy"][k], acc, rtol=1e-6)
@@ -319,7 +320,8 @@ def test_model_kinds():
         ({"rounds": -1}, "rounds"),
         ({"local_epochs": 0}, "local_epochs"),
         ({"finetune_steps": -1}, "finetune_steps"),
-        ({"max_buckets": 0}, "max_buckets"),
+        ({"lanes": 0}, "lanes"),
+        ({"lane_step_cost": -1.0}, "lane_step_cost"),
         ({"rounds_per_sync": 0}, "rounds_per_sync"),
     ],
 )
@@ -329,14 +331,17 @@ def test_bad_federation_raises(bad, match):
 
 
 def test_engine_accepts_data_without_test_examples():
-    """test_fraction=0 is valid data: the engine must build (padding an empty test split)."""
+    """test_fraction=0 is valid data: the engine must build, train and evaluate (to NaN)."""
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (4, 6)]
     ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in (4, 6)]
     data = FederatedData.from_nodes(xs, ys, num_classes=CLASSES, test_fraction=0.0)
     engine = Engine(_algorithm("fedavg"), data, BASE)
-    assert sum(int(a.nt.sum()) for a in engine.arrays) == 0
-    assert sum(int(a.n.sum()) for a in engine.arrays) == 10
+    assert int(engine.test.counts.sum()) == 0 and int(engine.train.counts.sum()) == 10
+    state, history = engine.run(engine.init(), 1)
+    assert history["participants"].tolist() == [2]
+    result = engine.evaluate(state)
+    assert all(np.isnan(v).all() for m in result.values() for v in m.values())
 
 
 def test_divergence_raises_naming_the_node():

@@ -111,7 +111,6 @@ def test_cli_smoke(tmp_path, monkeypatch):
     plot = tmp_path / "plot.png"
     code = cli.main([
         "turbofan", "--factories", "4", "--rounds", "1", "--finetune-steps", "2",
-        "--max-buckets", "1",
         "--horizon", "300", "--out", str(tmp_path), "--plot", str(plot),
     ])
     assert code == 0

@@ -77,7 +77,7 @@ def pooled_error(per_node: dict, counts: np.ndarray) -> float:
 
 def run_split(dataset: str, seed: int, rounds: int) -> dict:
     data = DATASETS[dataset](seed)
-    fed = Federation(rounds=rounds, batch_size=32, finetune_steps=5, seed=seed, max_buckets=2,
+    fed = Federation(rounds=rounds, batch_size=32, finetune_steps=5, seed=seed,
                      rounds_per_sync=rounds)
     out = {}
     for family in ("linear", "mlp"):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
              algorithms.fedavg(build(), local_optimizer=0.05),
              algorithms.fedper(build(), local_optimizer=0.05)]
     fed = Federation(rounds=rounds, batch_size=10, finetune_steps=5, seed=args.seed,
-                     max_buckets=4, rounds_per_sync=rounds)
+                     rounds_per_sync=rounds)
     comparison = compare(algos, data, fed)
     print_report(comparison, console, max_rows=-1)
     console.print(f"published: {PUBLISHED}")

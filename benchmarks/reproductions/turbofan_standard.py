@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     runs = []
     for seed in seeds:
         console.print(f"[bold]seed {seed}[/]")
-        training = Training(rounds=rounds, hidden=(64,), seed=seed, max_buckets=1)
+        training = Training(rounds=rounds, hidden=(64,), seed=seed)
         runs.append(run_seed(seed, training, args.nodes, console.print))
 
     table = Table(title=f"Turbofan FD001, standard protocol: test RMSE (mean ± s.e. over "
@@ -88,8 +88,7 @@ def main(argv=None) -> int:
     console.print(table)
     payload = {
         "config": {"seeds": seeds, "nodes": args.nodes, "model": "mlp on flattened windows",
-                   "training": dataclasses.asdict(Training(rounds=rounds, hidden=(64,),
-                                                           max_buckets=1))},
+                   "training": dataclasses.asdict(Training(rounds=rounds, hidden=(64,)))},
         "published": PUBLISHED, "summary": summary, "runs": runs,
         "seconds": time.perf_counter() - start,
     }
