@@ -7,7 +7,8 @@ every node size, and a round lasts about max(largest node, total steps / L) loop
 
 Dealing (`deal`, the same rule on the device and, for planning, on the host): the L largest
 nodes open one lane each; the rest, largest first, fill the lanes up to a common level
-(water-filling), each lane taking a contiguous run of them.
+(water-filling), each lane taking a contiguous run of them. No lane ends later than
+max(largest node, ceil(Σ steps / L) + the largest node that did not open a lane).
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def deal(steps, lanes: int, xp=jnp) -> Lanes:
     order = xp.argsort(-steps, stable=True)
     ordered = steps[order]
     head, rest = ordered[:lanes], ordered[lanes:]
-    # Water level T (integer): Σ_l max(0, T - head_l) ≈ Σ rest, over the lanes sorted by load.
+    # Water level T, rounded up: Σ_l max(0, T - head_l) >= Σ rest, over the lanes by load.
     low = xp.sort(head)
-    level = (xp.sum(rest) + xp.cumsum(low)) // xp.arange(1, lanes + 1, dtype=steps.dtype)
+    k = xp.arange(1, lanes + 1, dtype=steps.dtype)
+    level = (xp.sum(rest) + xp.cumsum(low) + k - 1) // k
     below = xp.sum(low < level)
     level = level[xp.maximum(below - 1, 0)]
     room = xp.cumsum(xp.maximum(level - head, 0))

@@ -114,45 +114,55 @@ def batch_rows(order: jax.Array, offset, n, step, batch_size: int):
     return rows, mask
 
 
-def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None):
-    """One node's local steps on its own rows x [n, *F], y [n, ...], as the engine takes them.
+def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None, n=None):
+    """One node's local steps on its own rows x [S, *F], y [S, ...], as the engine takes them.
 
     Without `steps`: E * ceil(n / B) steps over E freshly shuffled epochs. With `steps`:
     exactly that many, cycling through one shuffled pass (fine-tuning before evaluation).
     Node key `key` splits into (order key, step key); step s gets fold_in(step key, s).
 
+    Args:
+      n: real rows if rows n.. of x, y are padding (may be traced; default S). The scan then
+        runs for S rows and the steps beyond the node's own are exact no-ops, so one
+        compilation serves every n <= S.
+
     Returns:
       (state, loss sum over real examples, examples seen).
     """
-    n, b = x.shape[0], schedule.batch_size
-    per_epoch = max(int(steps_per_epoch(n, b)), 1)
+    length, b = x.shape[0], schedule.batch_size
+    n = length if n is None else n
     epochs = schedule.epochs if steps is None else 1
-    total = int(steps_per_epoch(n, b)) * epochs if steps is None else (steps if n else 0)
+    total = int(steps_per_epoch(length, b)) * epochs if steps is None else steps
+    real = steps_per_epoch(n, b) * epochs if steps is None else jnp.where(n > 0, steps, 0)
+    per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
     k_order, k_step = jax.random.split(key)
-    orders = epoch_orders(k_order[None], jnp.zeros(n, jnp.int32), jnp.arange(n), epochs)
+    padding = (jnp.arange(length) >= n).astype(jnp.int32)  # sorts padding rows last
+    orders = epoch_orders(k_order[None], padding, jnp.arange(length), epochs)
 
     def one(state, s):
         rows, mask = batch_rows(orders[jnp.minimum(s // per_epoch, epochs - 1)], 0, n,
                                 s % per_epoch, b)
-        state, loss = step(state, Batch(x[rows], y[rows], mask), jax.random.fold_in(k_step, s),
-                           schedule.task)
-        seen = jnp.sum(mask).astype(loss.dtype)
+        new, loss = step(state, Batch(x[rows], y[rows], mask), jax.random.fold_in(k_step, s),
+                         schedule.task)
+        active = s < real
+        state = jax.tree.map(lambda a, o: jnp.where(active, a, o), new, state)
+        seen = jnp.where(active, jnp.sum(mask), 0).astype(loss.dtype)
         return state, (loss * seen, seen)
 
-    if total == 0:
+    if length == 0 or total == 0:
         return state, jnp.zeros(()), jnp.zeros(())
     state, (losses, seen) = jax.lax.scan(one, state, np.arange(total))
     return state, jnp.sum(losses), jnp.sum(seen)
 
 
-def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule):
-    """One node's round on its own rows: `start`, `node_steps`, `finish` (the per-node
-    reference the engine is tested against, and the loop a 100-line prototype would run).
+def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule, n=None):
+    """One node's round on its own rows: `start`, `node_steps` (`n` as there), `finish`: the
+    per-node reference the engine is tested against, and what a 100-line prototype loops.
 
     Returns:
       (upload, new node state, (loss sum over real examples, examples seen)).
     """
     state = algorithm.start(broadcast, node_state)
-    state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule)
+    state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule, n=n)
     upload, node_state = algorithm.finish(broadcast, node_state, state)
     return upload, node_state, (loss, seen)

@@ -164,6 +164,26 @@ def test_epoch_orders_depend_only_on_the_nodes_key_and_size():
     assert not np.array_equal(together[0], together[1])  # each epoch reshuffles
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedper", "local"])
+def test_padded_node_round_equals_exact_rows(name):
+    """Rows past n are padding: the round equals the one on the node's own rows exactly."""
+    algo = _algorithm(name)
+    xs, ys = _xy([7], seed=4)
+    schedule = Schedule("classification", batch_size=3, epochs=2)
+    broadcast = algo.broadcast(algo.init(jax.random.key(0)))
+    node = algo.init_node(jax.random.key(1))
+    key = jax.random.key(2)
+    exact = node_round(algo, broadcast, node, jnp.asarray(xs[0]), jnp.asarray(ys[0]), key,
+                       schedule)
+    x = jnp.asarray(np.concatenate([xs[0], np.full((5, DIM), 9.0, np.float32)]))
+    y = jnp.asarray(np.concatenate([ys[0], np.zeros(5, np.int32)]))
+    padded = jax.jit(lambda n: node_round(algo, broadcast, node, x, y, key, schedule, n=n))
+    got = padded(jnp.int32(7))
+    for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(got[2][1]) == 2 * 7  # two epochs of the 7 real rows
+
+
 # ----- personal state stays personal -----
 
 

@@ -4,11 +4,11 @@ FedAvg on Synthetic(1, 1) (reference node sizes: int(lognormal(4, 2)) + 50, no c
 60-64-10, batch 10, 1 local epoch, SGD lr 0.05, every node participating, at several N.
 Three ways to run a round:
 
-  engine      fedmtl.Engine: per size bucket, vmap(node_update) over the bucket's nodes, all in
-              one jitted round (`Engine._run`).
-  jax_loop    a Python loop over nodes, each calling a `jax.jit`-ed node update (the library's
-              `algo.node_update`, i.e. `fedmtl.training.minibatch_steps`) on its own data padded to
-              ceil(n/B)*B rows; it compiles once per distinct padded length. Models averaged
+  engine      fedmtl.Engine: nodes dealt to L parallel lanes, each lane taking a vmapped
+              minibatch step of its current node, all in one jitted round (`Engine._run`).
+  jax_loop    a Python loop over nodes, each calling a `jax.jit`-ed node round (the library's
+              `fedmtl.training.node_round`: start, scan of steps, finish) on its own data padded
+              to ceil(n/B)*B rows; it compiles once per distinct padded length. Models averaged
               weighted by counts in NumPy.
   numpy_loop  a Python loop over nodes with a hand-written NumPy forward/backward of the MLP
               and minibatch SGD (the same math).
@@ -194,7 +194,7 @@ class JaxLoop:
         import jax
         import jax.numpy as jnp
 
-        from fedmtl.training import NodeData, Schedule
+        from fedmtl.training import Schedule, node_round
 
         self.algo = make_algo()
         self.seed = seed
@@ -203,7 +203,7 @@ class JaxLoop:
 
         def node_fn(shared, x, y, n, k_nodes, node_id):
             key = jax.random.fold_in(k_nodes, node_id)  # as Engine._round
-            delta, _, (loss, seen) = algo.node_update(shared, (), NodeData(x, y, n), key, schedule)
+            delta, _, (loss, seen) = node_round(algo, shared, (), x, y, key, schedule, n=n)
             return delta, loss
 
         self.node_jit = jax.jit(node_fn)
@@ -316,19 +316,20 @@ def engine_orders(data, rounds: int, seed: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from fedmtl.training import shuffled_order
+    from fedmtl.training import epoch_orders
 
+    counts, offsets = data.train.counts, data.train.offsets
+    segment = jnp.asarray(np.repeat(np.arange(len(counts)), counts), jnp.int32)
+    local = jnp.asarray(np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts), jnp.int32)
     out = {}
-    for r in range(rounds):
+    for r in range(rounds):  # as Engine._round and Engine._node_keys
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), r)
         _, k_nodes = jax.random.split(key)
-        for k, n in enumerate(data.train.counts):
-            n = int(n)
-            length = int(steps_of(np.array([n]))[0] // EPOCHS) * BATCH
-            keys = jax.random.split(jax.random.fold_in(k_nodes, k), EPOCHS)
-            out[(r, k)] = [
-                np.asarray(shuffled_order(kk, jnp.int32(n), length))[:n] for kk in keys
-            ]
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k_nodes, jnp.arange(len(counts)))
+        k_order = jax.vmap(jax.random.split)(keys)[:, 0]
+        orders = np.asarray(epoch_orders(k_order, segment, local, EPOCHS))
+        for k in range(len(counts)):
+            out[(r, k)] = [o[offsets[k]: offsets[k + 1]] - offsets[k] for o in orders]
     return out
 
 
@@ -384,7 +385,7 @@ def worker_check(args) -> dict:
 
     out = {
         "nodes": n,
-        "buckets": len(eng.buckets),
+        "lanes": eng.lanes,
         "fast_data_identical": bool(same_data),
         "max_abs_change_from_init": diff(ref, init),
         "max_abs_diff_engine_vs_jax_loop": diff(ref, got_jax),
@@ -429,11 +430,7 @@ def worker_engine(args) -> dict:
         print(f"  engine N={args.n} round {len(times)}: {times[-1]:.4f} s", flush=True)
     e2e_s = now() - t0
     dev_peak = device_peak_mb()
-    buckets = [
-        {"nodes": int(len(b.ids)), "length": int(b.length), "steps": int(b.length // BATCH)}
-        for b in eng.buckets
-    ]
-    real_share = float(eng.padding_real_share)
+    lanes, makespan, real_share = eng.lanes, eng.makespan, float(eng.real_share)
     counts = data.train.counts
     del state, eng
     gc.collect()
@@ -443,7 +440,7 @@ def worker_engine(args) -> dict:
     state2 = eng2.init()
     jax.block_until_ready(state2)
     t = now()
-    lowered = eng2._run.lower(state2, eng2.arrays, 1)
+    lowered = eng2._run.lower(state2, 1)
     lower_s = now() - t
     t = now()
     lowered.compile()
@@ -460,11 +457,10 @@ def worker_engine(args) -> dict:
         "compile_s": lower_s + compile_s,
         "train_loss_first_last": [losses[0], losses[-1]],
         "real_samples_per_round": int(counts.sum()) * EPOCHS,
-        "computed_sample_steps_per_round": int(sum(b["nodes"] * b["length"] for b in buckets))
-        * EPOCHS,
+        "computed_sample_steps_per_round": int(lanes * makespan * BATCH),
         "padding_share": 1.0 - real_share,
-        "buckets": buckets,
-        "sequential_steps_per_round": int(sum(b["steps"] for b in buckets)) * EPOCHS,
+        "lanes": lanes,
+        "sequential_steps_per_round": int(makespan),
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_data_mb": rss_data,
         "device_peak_mb": dev_peak,
@@ -752,7 +748,7 @@ def markdown(report: dict) -> str:
         e = per.get("engine")
         if e and "error" not in e:
             eng_notes.append(
-                f"- N={int(n):,}: {len(e['buckets'])} buckets, {e['sequential_steps_per_round']} "
+                f"- N={int(n):,}: {e['lanes']} lanes, {e['sequential_steps_per_round']} "
                 f"sequential steps/round, lower {e['lower_s']:.1f} s + XLA compile "
                 f"{e['xla_compile_s']:.1f} s, first round {e['first_round_s']:.1f} s, "
                 f"data generation {e['data_gen_s']:.1f} s (not in e2e)"
@@ -862,7 +858,7 @@ def main() -> None:
                 r = spawn(args, "engine", n)
                 if "error" not in r:
                     r["note"] = (
-                        f"{len(r['buckets'])} buckets; compile = trace+lower "
+                        f"{r['lanes']} lanes; compile = trace+lower "
                         f"{r['lower_s']:.1f} s + XLA {r['xla_compile_s']:.1f} s"
                     )
             else:

@@ -1,6 +1,6 @@
 """Cost of one local minibatch step per node when n nodes are vmapped together.
 
-Runs `fedmtl.training.minibatch_steps` (MLP 60-64-10, batch 10, SGD) for 100 steps on n nodes
+Runs `fedmtl.training.node_steps` (MLP 60-64-10, batch 10, SGD) for 100 steps on n nodes
 at once, for n = 1, 10, 100, 400, and prints microseconds per step and per node-step. Flat
 per-node-step cost means vmapping saves dispatch, not arithmetic, on this device.
 
@@ -14,23 +14,18 @@ import jax.numpy as jnp
 import optax
 
 from fedmtl.models import Model, build
-from fedmtl.objectives import masked_mean_loss
-from fedmtl.training import NodeData, Schedule, minibatch_steps
+from fedmtl.training import Schedule, node_steps, trainer
 
 STEPS, BATCH = 100, 10
 model = Model.of(build("mlp", (60,), 10))
-
-
-def loss_fn(params, x, y, mask):
-    return masked_mean_loss("classification", model.apply(*params, x), y, mask)
+sgd = trainer(lambda params, x: model.apply(*params, x), optax.sgd(0.05))
 
 
 @jax.jit
 def train(x, y, n, keys):
     def one(x, y, n, key):
-        data = NodeData(x, y, n)
-        params = (model.shared, model.personal)
-        return minibatch_steps(loss_fn, optax.sgd(0.05), params, data, key, Schedule())[1:]
+        state = sgd.init((model.shared, model.personal))
+        return node_steps(sgd.step, state, x, y, key, Schedule(), n=n)[1:]
 
     return jax.vmap(one)(x, y, n, keys)
 
