@@ -174,6 +174,7 @@ class Engine:
         self.num_real = data.num_nodes
         self.num_nodes = data.num_nodes + empty_nodes
         self.schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
+        # Passed to the jitted functions as arguments (never captured as constants).
         self.train = _split_arrays(data.train, empty_nodes)
         self.test = _split_arrays(data.test, empty_nodes)
         self.full_participation = fed.cohort_size is None or fed.cohort_size >= self.num_real
@@ -185,7 +186,7 @@ class Engine:
         self.real_share = float(fed.local_epochs * data.train.counts.sum() / max(computed, 1))
         self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
-        self._run = jax.jit(self._rounds, static_argnums=(1,), donate_argnums=(0,))
+        self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._node_models_all)
         self._init = jax.jit(self._init_state)  # fresh buffers: `run` donates the state
@@ -214,10 +215,12 @@ class Engine:
 
     # ----- lanes -----
 
-    def _train_lanes(self, ids, steps, num_lanes, start, step, finish, out, key, epochs):
+    def _train_lanes(self, tr: SplitArrays, ids, steps, num_lanes, start, step, finish, out, key,
+                     epochs):
         """Trains the nodes `ids` [C] for `steps` [C] steps each on `num_lanes` lanes.
 
         Args:
+          tr: the training split.
           start: (node id) -> training state; step: the algorithm's step function.
           finish: (out, node ids [L], slots [L], states [L, ...], done [L]) -> out.
           out: what `finish` accumulates into.
@@ -228,7 +231,7 @@ class Engine:
         Returns:
           (out, loss sum over real examples, examples seen).
         """
-        tr, b = self.train, self.federation.batch_size
+        b = self.federation.batch_size
         k_order, k_step = self._node_keys(key)
         orders = epoch_orders(k_order, tr.segment, tr.local, epochs).reshape(-1)
         rows_total = tr.segment.shape[0]
@@ -243,7 +246,7 @@ class Engine:
                 jnp.any(pos.first), lambda: _select(pos.first, jax.vmap(start)(node), states),
                 lambda: states,
             )
-            n = self.train.counts[node]
+            n = tr.counts[node]
             per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
             epoch = jnp.minimum(pos.step // per_epoch, epochs - 1)
             rows, mask = jax.vmap(batch_rows, in_axes=(None, 0, 0, 0, None))(
@@ -269,7 +272,7 @@ class Engine:
 
     # ----- one round -----
 
-    def _round(self, state: EngineState):
+    def _round(self, state: EngineState, tr: SplitArrays):
         algo, fed = self.algorithm, self.federation
         key = jax.random.fold_in(self._key(_ROUNDS), state.round)
         k_cohort, k_nodes = jax.random.split(key)
@@ -278,7 +281,7 @@ class Engine:
             ids = jnp.arange(self.num_nodes)
         else:
             ids = jax.random.permutation(k_cohort, self.num_real)[: self.cohort]
-        n = self.train.counts[ids]
+        n = tr.counts[ids]
         steps = fed.local_epochs * steps_per_epoch(n, fed.batch_size)
 
         start = lambda node: algo.start(broadcast, _gather(state.nodes, node))
@@ -298,7 +301,7 @@ class Engine:
 
         out = (state.nodes, _zeros(upload_shape, self.cohort))
         (nodes, uploads), loss, seen = self._train_lanes(
-            ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs
+            tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs
         )
         weights = n.astype(jnp.float32)
         server = algo.server_update(state.server, uploads, weights)
@@ -308,8 +311,8 @@ class Engine:
         }
         return EngineState(server, nodes, state.round + 1), metrics
 
-    def _rounds(self, state: EngineState, num_rounds: int):
-        return jax.lax.scan(lambda s, _: self._round(s), state, None, length=num_rounds)
+    def _rounds(self, state: EngineState, tr: SplitArrays, num_rounds: int):
+        return jax.lax.scan(lambda s, _: self._round(s, tr), state, None, length=num_rounds)
 
     def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
         """Runs `rounds` rounds (default: the federation's), `rounds_per_sync` per jitted scan.
@@ -326,7 +329,7 @@ class Engine:
         history, done = [], 0
         while done < rounds:
             n = min(chunk, rounds - done)
-            state, metrics = self._run(state, n)
+            state, metrics = self._run(state, self.train, n)
             done += n
             history.append(metrics)
             if callback is not None:
@@ -338,7 +341,7 @@ class Engine:
 
     # ----- evaluation -----
 
-    def _models(self, state: EngineState) -> dict:
+    def _models(self, state: EngineState, tr: SplitArrays) -> dict:
         """{kind: (shared, personal)} of every node, leaves [N, ...]; a global model is also
         fine-tuned into "personalized" when `finetune_steps` > 0."""
         algo, fed = self.algorithm, self.federation
@@ -348,21 +351,21 @@ class Engine:
         if fed.finetune_steps and algo.finetune and "global" in kinds:
             tune = algo.finetune
             ids = jnp.arange(self.num_nodes)
-            steps = jnp.where(self.train.counts > 0, fed.finetune_steps, 0)
+            steps = jnp.where(tr.counts > 0, fed.finetune_steps, 0)
 
             def finish(out, node, slot, states, done):
                 return _scatter(out, jnp.where(done, node, self.num_nodes), states.params)
 
             start = lambda node: tune.init(_gather(kinds["global"], node))
             kinds["personalized"], _, _ = self._train_lanes(
-                ids, steps, self.finetune_lanes, start, tune.step, finish, kinds["global"],
+                tr, ids, steps, self.finetune_lanes, start, tune.step, finish, kinds["global"],
                 self._key(_FINETUNE), 1,
             )
         return kinds
 
-    def _evaluate_all(self, state: EngineState):
-        te, task, apply = self.test, self.data.task, self.algorithm.model.apply
-        kinds = self._models(state)
+    def _evaluate_all(self, state: EngineState, tr: SplitArrays, te: SplitArrays):
+        task, apply = self.data.task, self.algorithm.model.apply
+        kinds = self._models(state, tr)
         rows = jnp.zeros(EVAL_BATCH, jnp.int32)
         shapes = jax.eval_shape(lambda: metric_sums(
             task, apply(*_gather(next(iter(kinds.values())), 0), te.x[rows]), te.y[rows],
@@ -394,13 +397,13 @@ class Engine:
         _, out = lanes_lib.run(lanes, body, (dict(zeros), out))
         return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
 
-    def _node_models_all(self, state: EngineState):
-        return self._models(state)
+    def _node_models_all(self, state: EngineState, tr: SplitArrays):
+        return self._models(state, tr)
 
     def node_models(self, state: EngineState) -> dict:
         """Each real node's model of every kind, as used by `evaluate` (fine-tuning included):
         {kind: (shared, personal)} with leaves [N, ...]."""
-        models = self._node_models(state)
+        models = self._node_models(state, self.train)
         return jax.tree.map(lambda leaf: leaf[: self.num_real], models)
 
     def evaluate(self, state: EngineState) -> dict[str, dict[str, np.ndarray]]:
@@ -410,7 +413,7 @@ class Engine:
         FloatingPointError naming the node.
         """
         tested = self.data.test.counts > 0
-        result = jax.device_get(self._evaluate(state))
+        result = jax.device_get(self._evaluate(state, self.train, self.test))
         per_node = {
             kind: {k: np.asarray(v[: self.num_real]) for k, v in metrics.items()}
             for kind, metrics in result.items()
