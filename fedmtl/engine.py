@@ -188,7 +188,7 @@ class Engine:
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
         self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_all)
-        self._node_models = jax.jit(self._node_models_all)
+        self._node_models = jax.jit(self._models)
         self._init = jax.jit(self._init_state)  # fresh buffers: `run` donates the state
 
     # ----- state -----
@@ -197,11 +197,9 @@ class Engine:
         """Independent streams from one seed: node init, rounds, fine-tuning."""
         return jax.random.fold_in(jax.random.key(self.federation.seed), purpose)
 
-    def _node_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(order keys [N], step keys [N]): node k's key fold_in(key, k), split in two."""
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(self.num_nodes))
-        split = jax.vmap(jax.random.split)(keys)
-        return split[:, 0], split[:, 1]
+    def _per_node(self, key: jax.Array) -> jax.Array:
+        """Node k's key fold_in(key, k), for every node [N]."""
+        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(self.num_nodes))
 
     def init(self) -> EngineState:
         """Initial server state and stacked node states (leaves [N, ...])."""
@@ -209,8 +207,7 @@ class Engine:
 
     def _init_state(self) -> EngineState:
         k_server, k_nodes = jax.random.split(self._key(_INIT))
-        node_keys = jax.vmap(lambda i: jax.random.fold_in(k_nodes, i))(jnp.arange(self.num_nodes))
-        nodes = jax.vmap(self.algorithm.init_node)(node_keys)  # leaves [N, ...]
+        nodes = jax.vmap(self.algorithm.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
         return EngineState(self.algorithm.init(k_server), nodes, jnp.zeros((), jnp.int32))
 
     # ----- lanes -----
@@ -232,7 +229,7 @@ class Engine:
           (out, loss sum over real examples, examples seen).
         """
         b = self.federation.batch_size
-        k_order, k_step = self._node_keys(key)
+        k_order, k_step = jnp.moveaxis(jax.vmap(jax.random.split)(self._per_node(key)), 1, 0)
         orders = epoch_orders(k_order, tr.segment, tr.local, epochs).reshape(-1)
         rows_total = tr.segment.shape[0]
         slot_ids = jnp.concatenate([ids, ids[:1]])  # slot C (no node) reads a real one, unused
@@ -396,9 +393,6 @@ class Engine:
         lanes = lanes_lib.deal(steps, self.eval_lanes)
         _, out = lanes_lib.run(lanes, body, (dict(zeros), out))
         return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
-
-    def _node_models_all(self, state: EngineState, tr: SplitArrays):
-        return self._models(state, tr)
 
     def node_models(self, state: EngineState) -> dict:
         """Each real node's model of every kind, as used by `evaluate` (fine-tuning included):

@@ -69,7 +69,7 @@ def deal(steps, lanes: int, xp=jnp) -> Lanes:
     return Lanes(order, steps, first, cumulative)
 
 
-def lengths(lanes: Lanes, xp=jnp):
+def lengths(lanes: Lanes):
     """Steps of each lane [L]."""
     count = lanes.first.shape[0] - 1
     head = lanes.steps[lanes.order[:count]]
@@ -83,11 +83,10 @@ def position(lanes: Lanes, t: jax.Array) -> Position:
     head = lanes.steps[head_slot]
     base = lanes.cumulative[lanes.first[:-1]]
     into = base + t - head  # position in the shared run of the rest
-    j = jnp.searchsorted(lanes.cumulative, into, side="right") - 1
-    j = jnp.clip(j, 0, lanes.order.shape[0] - count - 1)
+    j = jnp.maximum(jnp.searchsorted(lanes.cumulative, into, side="right") - 1, 0)
+    rest = jnp.concatenate([lanes.order[count:], head_slot[:1]])  # [C - L + 1]: j stays valid
     in_head = t < head
-    slot = jnp.where(in_head, head_slot, lanes.order[count:][j] if lanes.order.shape[0] > count
-                     else head_slot)
+    slot = jnp.where(in_head, head_slot, rest[j])
     step = jnp.where(in_head, t, into - lanes.cumulative[j])
     active = in_head | (into < lanes.cumulative[lanes.first[1:]])
     last = active & (step == lanes.steps[slot] - 1)
@@ -111,7 +110,7 @@ def makespan(steps: np.ndarray, lanes: int) -> int:
     steps = np.asarray(steps, np.int64)
     if len(steps) == 0:
         return 0
-    return int(lengths(deal(steps, min(lanes, len(steps)), np), np).max())
+    return int(lengths(deal(steps, min(lanes, len(steps)), np)).max())
 
 
 def choose(steps: np.ndarray, step_cost: float) -> int:
