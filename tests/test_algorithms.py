@@ -14,7 +14,7 @@ from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
 from fedmtl.models import MLP
 from fedmtl.objectives import masked_mean_loss
-from fedmtl.training import Schedule, epoch_orders, node_round, node_steps
+from fedmtl.training import Schedule, epoch_orders, node_round, node_steps, sort_within_nodes
 
 # The tiny problem of tests/test_engine.py (same shapes, so its compiled rounds are reused).
 SIZES = (5, 6, 14, 15, 16)
@@ -182,6 +182,19 @@ def test_padded_node_round_equals_exact_rows(name):
     for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert float(got[2][1]) == 2 * 7  # two epochs of the 7 real rows
+
+
+def test_sort_within_nodes_equals_the_device_sort():
+    """The CPU path (NumPy via pure_callback) is the same stable sort as lax.sort, ties too."""
+    rng = np.random.default_rng(6)
+    segment = jnp.asarray(np.sort(rng.integers(0, 7, 300)), jnp.int32)
+    bits = jnp.asarray(rng.integers(0, 40, 300), jnp.uint32)  # many ties
+    rows = jnp.arange(300, dtype=jnp.int32)
+    want = jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
+    np.testing.assert_array_equal(sort_within_nodes(segment, bits), want)
+    np.testing.assert_array_equal(jax.jit(sort_within_nodes)(segment, bits), want)
+    batched = jax.vmap(sort_within_nodes, in_axes=(None, 0))(segment, jnp.stack([bits, bits]))
+    np.testing.assert_array_equal(batched, jnp.stack([want, want]))
 
 
 # ----- personal state stays personal -----
