@@ -187,9 +187,10 @@ def test_padded_node_round_equals_exact_rows(name):
 def test_sort_within_nodes_equals_the_device_sort():
     """The CPU path (NumPy via pure_callback) is the same stable sort as lax.sort, ties too."""
     rng = np.random.default_rng(6)
-    segment = jnp.asarray(np.sort(rng.integers(0, 7, 300)), jnp.int32)
-    bits = jnp.asarray(rng.integers(0, 40, 300), jnp.uint32)  # many ties
-    rows = jnp.arange(300, dtype=jnp.int32)
+    size = 3000  # above the size from which a CPU sorts on the host
+    segment = jnp.asarray(np.sort(rng.integers(0, 7, size)), jnp.int32)
+    bits = jnp.asarray(rng.integers(0, 40, size), jnp.uint32)  # many ties
+    rows = jnp.arange(size, dtype=jnp.int32)
     want = jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
     np.testing.assert_array_equal(sort_within_nodes(segment, bits), want)
     np.testing.assert_array_equal(jax.jit(sort_within_nodes)(segment, bits), want)
