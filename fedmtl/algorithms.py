@@ -115,7 +115,6 @@ def fedavg(
     model = Model.of(module, personal=None)
     opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
     init, server_update = _delta_server(model, server_opt)
-
     train = _trainer(model, opt)
 
     return Algorithm(
@@ -153,7 +152,6 @@ def fedper(
         raise ValueError(f"fedper: no parameter matches personal={personal!r}")
     opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
     init, server_update = _delta_server(model, server_opt)
-
     train = _trainer(model, opt)
 
     return Algorithm(
@@ -182,9 +180,7 @@ def local(
     restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
     """
     model = Model.of(module, personal=True)
-    opt = _optimizer(local_optimizer)
-
-    train = _trainer(model, opt)
+    train = _trainer(model, _optimizer(local_optimizer))
 
     return Algorithm(
         name="local",
