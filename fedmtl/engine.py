@@ -378,13 +378,13 @@ class Engine:
                 EVAL_BATCH,
             )
             mask = mask & pos.active[:, None]
+            done = jnp.where(pos.active & pos.last, node, self.num_nodes)
             for kind, params in kinds.items():
                 new = jax.vmap(lambda p, x, y, m: metric_sums(task, apply(*p, x), y, m))(
                     _gather(params, node), te.x[rows], te.y[rows], mask
                 )
                 kept = _select(pos.first, zeros[kind], sums[kind])
                 sums[kind] = jax.tree.map(jnp.add, kept, new)
-                done = jnp.where(pos.active & pos.last, node, self.num_nodes)
                 out[kind] = _scatter(out[kind], done, sums[kind])
             return sums, out
 
