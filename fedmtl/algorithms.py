@@ -7,6 +7,8 @@ nodes nor call `vmap`: the engine does.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -54,6 +56,10 @@ class Algorithm(NamedTuple):
     finetune: Trainer | None = None
 
 
+class AlgorithmError(ValueError):
+    """A bad algorithm argument or model split; the message names the algorithm and argument."""
+
+
 class ServerState(NamedTuple):
     """Shared parameters and the server optimizer's state."""
 
@@ -61,8 +67,52 @@ class ServerState(NamedTuple):
     opt_state: Any
 
 
-def _optimizer(opt: optax.GradientTransformation | float) -> optax.GradientTransformation:
-    return optax.sgd(opt) if isinstance(opt, int | float) else opt
+def _optimizer(
+    opt: optax.GradientTransformation | float, algorithm: str, argument: str
+) -> optax.GradientTransformation:
+    """`opt` as an optax transformation: a number is the learning rate of plain SGD.
+
+    Raises:
+      AlgorithmError: `opt` is a number that is not finite and > 0 (a negative rate would
+        ascend the loss), a bool, or neither a number nor a transformation.
+    """
+    if isinstance(opt, numbers.Real) and not isinstance(opt, bool):
+        if not (math.isfinite(opt) and opt > 0):
+            raise AlgorithmError(
+                f"{algorithm}: {argument} learning rate must be a finite number > 0, got {opt}"
+            )
+        return optax.sgd(float(opt))
+    if not (hasattr(opt, "init") and hasattr(opt, "update")):
+        raise AlgorithmError(
+            f"{algorithm}: {argument} must be a learning rate (a number > 0) or an optax "
+            f"GradientTransformation, got {opt!r} ({type(opt).__name__})"
+        )
+    return opt
+
+
+def _split(algorithm: str, module: nnx.Module, personal: Any) -> Model:
+    """`Model.of(module, personal)` for an algorithm that federates the shared parameters.
+
+    Raises:
+      AlgorithmError: nothing is shared (the algorithm would be local training), or a
+        `personal` filter matches nothing (it would be FedAvg).
+    """
+    model = Model.of(module, personal=personal)
+    name = type(module).__name__
+    if not jax.tree.leaves(model.shared):
+        if personal is None:
+            raise AlgorithmError(f"{algorithm}: {name} has no parameters, so nothing is shared")
+        raise AlgorithmError(
+            f"{algorithm}: personal={personal!r} matches every parameter of {name}, so nothing "
+            f"is shared and {algorithm} would be local training; use a model with a body "
+            f"(e.g. MLP) or a narrower filter"
+        )
+    if personal is not None and not jax.tree.leaves(model.personal):
+        raise AlgorithmError(
+            f"{algorithm}: personal={personal!r} matches no parameter of {name}, so nothing is "
+            f"personal and {algorithm} would be FedAvg; use a filter such as 'head'"
+        )
+    return model
 
 
 def _trainer(model: Model, optimizer) -> Trainer:
@@ -109,11 +159,16 @@ def fedavg(
       server_optimizer: applied to the averaged delta as a pseudo-gradient; SGD(1.0) is plain
         FedAvg, `optax.adam(...)` FedAdam (Reddi et al., 2021).
 
+    Raises:
+      AlgorithmError: an optimizer that is neither an optax transformation nor a finite
+        learning rate > 0.
+
     Example:
       >>> algo = fedavg(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
     """
-    model = Model.of(module, personal=None)
-    opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
+    model = _split("fedavg", module, None)
+    opt = _optimizer(local_optimizer, "fedavg", "local_optimizer")
+    server_opt = _optimizer(server_optimizer, "fedavg", "server_optimizer")
     init, server_update = _delta_server(model, server_opt)
     train = _trainer(model, opt)
 
@@ -146,11 +201,14 @@ def fedper(
       module: the model.
       personal: path filter of the personal parameters (default: those under "head").
       local_optimizer, server_optimizer: as in `fedavg`.
+
+    Raises:
+      AlgorithmError: `personal` leaves nothing shared (e.g. `LogisticRegression`, whose only
+        layer is its head: that would be local training) or nothing personal.
     """
-    model = Model.of(module, personal=personal)
-    if not jax.tree.leaves(model.personal):
-        raise ValueError(f"fedper: no parameter matches personal={personal!r}")
-    opt, server_opt = _optimizer(local_optimizer), _optimizer(server_optimizer)
+    model = _split("fedper", module, personal)
+    opt = _optimizer(local_optimizer, "fedper", "local_optimizer")
+    server_opt = _optimizer(server_optimizer, "fedper", "server_optimizer")
     init, server_update = _delta_server(model, server_opt)
     train = _trainer(model, opt)
 
@@ -180,7 +238,7 @@ def local(
     restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
     """
     model = Model.of(module, personal=True)
-    train = _trainer(model, _optimizer(local_optimizer))
+    train = _trainer(model, _optimizer(local_optimizer, "local", "local_optimizer"))
 
     return Algorithm(
         name="local",

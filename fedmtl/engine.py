@@ -20,6 +20,7 @@ import numpy as np
 from fedmtl import lanes as lanes_lib
 from fedmtl.algorithms import Algorithm
 from fedmtl.data import FederatedData, Split
+from fedmtl.models import check_model
 from fedmtl.objectives import finish_metrics, metric_sums
 from fedmtl.training import Batch, Schedule, batch_rows, epoch_orders, steps_per_epoch
 
@@ -170,6 +171,7 @@ class Engine:
     ):
         fed = Federation() if federation is None else federation
         _check_federation(fed, data.num_nodes)
+        check_model(algorithm.model, data)  # a named error now, not a traceback mid-training
         self.algorithm, self.data, self.federation = algorithm, data, fed
         self.num_real = data.num_nodes
         self.num_nodes = data.num_nodes + empty_nodes

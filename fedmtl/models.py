@@ -8,12 +8,15 @@ FedPer and Local are the same module under different filters.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from fedmtl.data import FederatedData
 
 Params = Any  # an nnx.State pytree of arrays
 
@@ -38,12 +41,14 @@ class Model:
       shared: initial parameters the server aggregates.
       personal: initial parameters that stay on each node.
       rest: non-parameter state (kept constant; training updates parameters only).
+      name: the module's class name, for messages.
     """
 
     graphdef: Any
     shared: Params
     personal: Params
     rest: Params
+    name: str = "model"
 
     @classmethod
     def of(cls, module: nnx.Module, personal: Any = None) -> Model:
@@ -58,7 +63,7 @@ class Model:
         graphdef, personal_params, shared, rest = nnx.split(
             module, _filter(personal), nnx.Param, ...
         )
-        return cls(graphdef, shared, personal_params, rest)
+        return cls(graphdef, shared, personal_params, rest, type(module).__name__)
 
     def apply(self, shared: Params, personal: Params, x: jax.Array) -> jax.Array:
         """Outputs [B, ...] of the model with the given parameters on a batch x [B, *F]."""
@@ -67,6 +72,66 @@ class Model:
     def num_params(self) -> int:
         leaves = jax.tree.leaves((self.shared, self.personal))
         return int(sum(leaf.size for leaf in leaves))
+
+
+class ModelDataMismatch(ValueError):
+    """A model that does not fit the data's features or labels; the message names both."""
+
+
+_CHECK_BATCH = 2  # > 1, so outputs that dropped or reduced the batch axis are caught
+
+
+def check_model(model: Model, data: FederatedData) -> None:
+    """Checks `model` against the data's shapes without computing anything (`jax.eval_shape`).
+
+    Classification needs float outputs [B, C] with C = `data.num_classes`; regression needs
+    float outputs with as many values per example as the targets ([B] or [B, 1] for scalar
+    targets).
+
+    Raises:
+      ModelDataMismatch: the model rejects the data's feature shape, or its outputs do not fit
+        the task, naming the model, the shapes and what was expected.
+    """
+    b, features = _CHECK_BATCH, data.feature_shape
+    x = jax.ShapeDtypeStruct((b, *features), data.train.x.dtype)
+    try:
+        out = jax.eval_shape(lambda x: model.apply(model.shared, model.personal, x), x)
+    except Exception as e:  # whatever the model raises: name it in one line
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelDataMismatch(
+            f"{model.name} does not accept features of shape {features} (the data's "
+            f"feature_shape): {message}"
+        ) from e
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise ModelDataMismatch(
+            f"{model.name} returns a {type(out).__name__}; expected one array of outputs [B, ...]"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ModelDataMismatch(
+            f"{model.name} outputs dtype {out.dtype}; expected floating-point outputs"
+        )
+    if not out.shape or out.shape[0] != b:
+        raise ModelDataMismatch(
+            f"{model.name} outputs shape {out.shape} for a batch of {b} examples; expected the "
+            f"batch as the leading axis [{b}, ...]"
+        )
+    if data.task == "classification":
+        if len(out.shape) != 2 or out.shape[1] != data.num_classes:
+            per_example = math.prod(out.shape[1:])
+            raise ModelDataMismatch(
+                f"{model.name} outputs {per_example} values per example (shape {out.shape} "
+                f"for {b} examples) but the data has {data.num_classes} classes; expected "
+                f"[B, {data.num_classes}] logits"
+            )
+        return
+    targets = data.train.y.shape[1:]
+    if math.prod(out.shape[1:]) != math.prod(targets):
+        expected = f"[B, {', '.join(map(str, targets))}]" if targets else "[B] or [B, 1]"
+        raise ModelDataMismatch(
+            f"{model.name} outputs {math.prod(out.shape[1:])} values per example (shape "
+            f"{out.shape} for {b} examples) but the regression targets have "
+            f"{math.prod(targets)}; expected {expected}"
+        )
 
 
 class LogisticRegression(nnx.Module):

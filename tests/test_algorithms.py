@@ -12,7 +12,7 @@ from fedmtl import algorithms
 from fedmtl.aggregation import weighted_mean
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP
+from fedmtl.models import MLP, LogisticRegression
 from fedmtl.objectives import masked_mean_loss
 from fedmtl.training import Schedule, epoch_orders, node_round, node_steps, sort_within_nodes
 
@@ -263,3 +263,60 @@ def test_changing_one_nodes_data_leaves_other_nodes_personal_state(name):
     else:  # the body is shared: node j's data reaches the server through its body delta
         assert not any("head" in p for p in _paths(a.server))
         assert any(not np.allclose(x, y) for x, y in zip(server_a, server_b, strict=True))
+
+
+# ----- factories reject what would silently train the wrong thing -----
+
+
+_BAD_RATES = [-0.1, 0, 0.0, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("rate", _BAD_RATES, ids=repr)
+@pytest.mark.parametrize(
+    "name, argument",
+    [("fedavg", "local_optimizer"), ("fedavg", "server_optimizer"),
+     ("fedper", "local_optimizer"), ("fedper", "server_optimizer"), ("local", "local_optimizer")],
+)
+def test_factories_reject_bad_learning_rates(name, argument, rate):
+    """A negative rate would ascend the loss; zero, NaN and inf train nothing or garbage."""
+    module = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
+    match = rf"^{name}: {argument} learning rate must be a finite number > 0, got {rate}$"
+    with pytest.raises(algorithms.AlgorithmError, match=match):
+        algorithms.ALGORITHMS[name](module, **{argument: rate})
+
+
+@pytest.mark.parametrize("bad", [True, "0.1", None, optax.constant_schedule(0.1)],
+                         ids=["bool", "str", "None", "schedule"])
+def test_factories_reject_optimizers_that_are_neither_rate_nor_transformation(bad):
+    module = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
+    with pytest.raises(algorithms.AlgorithmError,
+                       match=r"^fedavg: server_optimizer must be a learning rate .* optax "
+                             r"GradientTransformation, got "):
+        algorithms.fedavg(module, server_optimizer=bad)
+
+
+@pytest.mark.parametrize("good", [0.1, 1, np.float32(0.5), optax.adam(1e-3)],
+                         ids=["float", "int", "np.float32", "adam"])
+def test_factories_accept_positive_rates_and_transformations(good):
+    module = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
+    algo = algorithms.fedavg(module, local_optimizer=good, server_optimizer=good)
+    server = algo.init(jax.random.key(0))
+    assert jax.tree.structure(server.params) == jax.tree.structure(algo.model.shared)
+
+
+def test_fedper_with_nothing_shared_is_an_error():
+    """LogisticRegression's only layer is its head: FedPer would be local training."""
+    module = LogisticRegression(DIM, CLASSES, rngs=nnx.Rngs(0))
+    with pytest.raises(algorithms.AlgorithmError,
+                       match=r"^fedper: personal='head' matches every parameter of "
+                             r"LogisticRegression, so nothing is shared and fedper would be "
+                             r"local training; use a model with a body \(e\.g\. MLP\)"):
+        algorithms.fedper(module)
+    mlp = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
+    with pytest.raises(algorithms.AlgorithmError, match="personal=True matches every parameter"):
+        algorithms.fedper(mlp, personal=True)
+    with pytest.raises(algorithms.AlgorithmError,
+                       match="personal='nope' matches no parameter of MLP"):
+        algorithms.fedper(mlp, personal="nope")
+    algorithms.fedavg(module)  # FedAvg shares all of it: fine
+    algorithms.local(module)
