@@ -13,6 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 
 TASKS = ("classification", "regression")
+MAX_INFERRED_CLASSES = 10_000
+"""Largest class count inferred from the labels (largest label + 1); above it, a label such as
+an id or a timestamp is far more likely than a real class, so `num_classes` must be given."""
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class FederatedDataError(ValueError):
@@ -25,7 +29,8 @@ class Split:
 
     Attributes:
       x: [T, *F] float32 features of all nodes, node after node.
-      y: [T, *Y] int32 labels (classification) or float32 targets (regression).
+      y: [T, *Y] int32 labels (classification) or float32 targets (regression; stored scaled,
+        see `FederatedData.y_mean`).
       counts: [N] int64 examples per node; node k owns rows offsets[k]:offsets[k+1].
     """
 
@@ -78,7 +83,10 @@ class FederatedData:
       train, test: `Split`s with per-node counts.
       task: "classification" or "regression".
       num_classes: C for classification, else None.
-      names: N node names used in reports.
+      names: N distinct node names used in reports.
+      y_mean, y_scale: regression targets are stored as y = (raw - y_mean) / y_scale, two
+        scalars shared by every node and split (0 and 1: stored as given). Models train on
+        the stored y; `Engine.evaluate` reports RMSE and MSE in raw units.
     """
 
     train: Split
@@ -86,6 +94,8 @@ class FederatedData:
     task: str
     num_classes: int | None
     names: tuple[str, ...]
+    y_mean: float = 0.0
+    y_scale: float = 1.0
 
     @property
     def num_nodes(self) -> int:
@@ -100,19 +110,64 @@ class FederatedData:
         return getattr(self, split).padded(length)
 
     def subset(self, nodes: Sequence[int]) -> FederatedData:
-        """The data of the chosen nodes only, in the given order."""
+        """The data of the chosen nodes only, in the given order (target scaling kept)."""
         nodes = [int(k) for k in nodes]
-        pick = lambda s: _stack([s.node(k) for k in nodes], s.x, s.y)
-        return FederatedData(
-            pick(self.train), pick(self.test), self.task, self.num_classes,
-            tuple(self.names[k] for k in nodes),
+        pick = lambda s: _stack([s.node(k) for k in nodes], s)
+        return dataclasses.replace(
+            self, train=pick(self.train), test=pick(self.test),
+            names=tuple(self.names[k] for k in nodes),
         )
+
+    def scale_targets(self, mean: float, scale: float) -> FederatedData:
+        """The same data with regression targets stored as (y - mean) / scale.
+
+        Scalings compose: `y_mean` and `y_scale` keep mapping the stored targets [T, *Y]
+        back to the raw ones (`raw_targets`).
+        """
+        if self.task != "regression":
+            raise FederatedDataError(f"only regression targets can be scaled; this is {self.task}")
+        mean, scale = float(mean), float(scale)
+        if not (np.isfinite(mean) and np.isfinite(scale) and scale > 0):
+            raise FederatedDataError(f"target scale must be finite and > 0 and the mean finite, "
+                                     f"got mean {mean} and scale {scale}")
+
+        def apply(split: Split, name: str) -> Split:
+            y = ((split.y - mean) / scale).astype(np.float32)
+            if not np.isfinite(y).all():
+                raise FederatedDataError(f"{name} targets overflow float32 when scaled by {scale}")
+            return dataclasses.replace(split, y=y)
+
+        return dataclasses.replace(
+            self, train=apply(self.train, "train"), test=apply(self.test, "test"),
+            y_mean=self.y_mean + mean * self.y_scale, y_scale=self.y_scale * scale,
+        )
+
+    def standardize_targets(self) -> FederatedData:
+        """Regression targets z-scored with the train split's mean and std over all nodes.
+
+        Two federation-wide scalars (over every train row of every node, and every target
+        column for y [T, *Y]) are applied to both splits; a zero std is left as 1. In a real
+        federation the server would learn them from each node's (count, sum, sum of squares).
+        """
+        if self.task != "regression":
+            raise FederatedDataError(f"only regression targets can be standardized; this is "
+                                     f"{self.task}")
+        y = self.train.y.astype(np.float64)
+        std = float(y.std())
+        return self.scale_targets(float(y.mean()), std if std > 0 else 1.0)
+
+    def raw_targets(self, y) -> np.ndarray:
+        """Stored targets or predictions y (any shape) in raw units: y * y_scale + y_mean."""
+        return np.asarray(y, np.float64) * self.y_scale + self.y_mean
 
     def summary(self) -> str:
         c = self.train.counts
+        scaled = (self.y_mean, self.y_scale) != (0.0, 1.0)
         return (
             f"{self.num_nodes} nodes, {self.task}"
             + (f" ({self.num_classes} classes)" if self.num_classes else "")
+            + (f" (targets stored as (y - {self.y_mean:.4g}) / {self.y_scale:.4g})"
+               if scaled else "")
             + f", features {self.feature_shape}, train examples per node "
             f"min {c.min()} / median {int(np.median(c))} / max {c.max()} (total {c.sum()}),"
             f" test total {self.test.counts.sum()}"
@@ -134,18 +189,36 @@ class FederatedData:
     ) -> FederatedData:
         """Builds from per-node arrays, splitting each node at random into train and test.
 
+        Features are stored as float32 and must be finite there (a float64 value beyond
+        float32's range is an error, not inf); so must float targets.
+
+        When `task` is None it is inferred from y over all nodes:
+          * integer or bool labels, or an explicit `num_classes`: classification;
+          * float y with a value that is not a whole number: regression;
+          * float y of whole numbers only (e.g. 0.0, 1.0, 2.0): ambiguous between class labels
+            and integral targets (counts, cycles), so an error asks for `task`.
+        Classification accepts integer, bool and whole-number float labels (stored as int32).
+        Other dtypes (strings, objects) are errors whatever the task.
+
         Args:
           xs, ys: N arrays; node k has xs[k] [n_k, *F] and ys[k] [n_k] (or [n_k, *Y]).
           test_fraction: share of each node's examples held out for testing (at least one
             example when positive; every node must keep at least one training example).
           seed: seed of the per-node random split.
-          task: "classification" or "regression"; inferred from y's dtype when None.
-          num_classes: C; inferred as the largest label + 1 when None.
-          names: node names for reports; "0", "1", ... when None.
+          task: "classification" or "regression"; inferred as above when None.
+          num_classes: C; inferred as the largest label + 1 when None, which must then be at
+            most `MAX_INFERRED_CLASSES`.
+          names: N distinct node names for reports; "0", "1", ... when None.
+
+        Raises:
+          FederatedDataError: naming the node (index, and name when names are given), the
+            field and, for bad values, the row of the node's array.
         """
-        xs, ys = _check_nodes(xs, ys)
+        xs, ys, names = _check_nodes(xs, ys, names)
         if not 0.0 <= test_fraction < 1.0:
             raise FederatedDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        who = [_who(k, names) for k in range(len(xs))]
+        task, ys, num_classes = _targets(who, ys, task, num_classes)
         rng = np.random.default_rng(seed)
         train, test = [], []
         for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
@@ -153,13 +226,13 @@ class FederatedData:
             n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
             if n - n_test < 1:
                 raise FederatedDataError(
-                    f"node {k}: {n} example(s) with test_fraction={test_fraction} leaves no "
+                    f"{who[k]}: {n} example(s) with test_fraction={test_fraction} leaves no "
                     f"training example; give it more data or lower test_fraction"
                 )
             perm = rng.permutation(n)
             test.append((x[perm[:n_test]], y[perm[:n_test]]))
             train.append((x[perm[n_test:]], y[perm[n_test:]]))
-        return cls._build(train, test, task, num_classes, names)
+        return cls(_stack(train), _stack(test), task, num_classes, names)
 
     @classmethod
     def from_flat(
@@ -167,10 +240,12 @@ class FederatedData:
     ) -> FederatedData:
         """Builds from flat arrays x [T, *F], y [T, ...] and a node-id column [T].
 
-        Nodes are the distinct ids in sorted order (named by their id); the other keyword
-        arguments are those of `from_nodes`.
+        Nodes are the distinct ids in sorted order (named by their id; no id may be NaN or
+        None); rows named in errors count within a node, in their flat order. The other
+        keyword arguments are those of `from_nodes`.
         """
-        x, y, node_ids = np.asarray(x), np.asarray(y), np.asarray(node_ids)
+        x, y, node_ids = (_array(a, f"field {f}") for a, f in
+                          ((x, "x"), (y, "y"), (node_ids, "node_ids")))
         if not (len(x) == len(y) == len(node_ids)):
             raise FederatedDataError(
                 f"x, y and node_ids must have the same length, got {len(x)}, {len(y)}, "
@@ -178,6 +253,12 @@ class FederatedData:
             )
         if node_ids.ndim != 1:
             raise FederatedDataError(f"node_ids must be 1-D, got shape {node_ids.shape}")
+        missing = _missing(node_ids)
+        if missing.any():
+            raise FederatedDataError(
+                f"node_ids: {int(missing.sum())} row(s) have no node id (NaN or None), first "
+                f"row {int(np.argmax(missing))}"
+            )
         ids, inverse = np.unique(node_ids, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(ids) + 1))
@@ -198,103 +279,190 @@ class FederatedData:
         num_classes: int | None = None,
         names: Sequence[str] | None = None,
     ) -> FederatedData:
-        """Builds from train and test arrays given per node (e.g. a data set's own split)."""
-        train = list(zip(*_check_nodes(train_xs, train_ys, "train"), strict=True))
-        test = list(zip(*_check_nodes(test_xs, test_ys, "test", allow_empty=True), strict=True))
-        if len(train) != len(test):
-            raise FederatedDataError(f"{len(train)} train nodes but {len(test)} test nodes")
-        return cls._build(train, test, task, num_classes, names)
+        """Builds from train and test arrays given per node (e.g. a data set's own split).
 
-    @classmethod
-    def _build(cls, train, test, task, num_classes, names) -> FederatedData:
-        y0 = train[0][1]
-        task = task or ("classification" if np.issubdtype(y0.dtype, np.integer) else "regression")
-        if task not in TASKS:
-            raise FederatedDataError(f"task must be one of {TASKS}, got {task!r}")
-        if task == "classification":
-            num_classes = _check_labels(train + test, num_classes, len(train))
-        else:
-            num_classes = None
-        n = len(train)
-        names = tuple(str(i) for i in range(n)) if names is None else tuple(map(str, names))
-        if len(names) != n:
-            raise FederatedDataError(f"got {len(names)} names for {n} nodes")
-        ydtype = np.int32 if task == "classification" else np.float32
-        x0 = train[0][0]
-        return cls(
-            _stack(train, x0, y0, ydtype), _stack(test, x0, y0, ydtype), task, num_classes, names
-        )
+        Validation and task inference (over both splits) are those of `from_nodes`.
+        """
+        if train_xs is not None and test_xs is not None and len(train_xs) != len(test_xs):
+            raise FederatedDataError(f"{len(train_xs)} train nodes but {len(test_xs)} test nodes")
+        train_xs, train_ys, names = _check_nodes(train_xs, train_ys, names, "train")
+        test_xs, test_ys, _ = _check_nodes(test_xs, test_ys, names, "test", allow_empty=True)
+        n = len(train_xs)
+        who = [_who(k, names, s) for s in ("train", "test") for k in range(n)]
+        task, ys, num_classes = _targets(who, train_ys + test_ys, task, num_classes)
+        feature_shape = train_xs[0].shape[1:]
+        for k, x in enumerate(test_xs):
+            if x.shape[1:] != feature_shape:
+                raise FederatedDataError(f"{who[n + k]}, field x: feature shape {x.shape[1:]} "
+                                         f"differs from the train split's {feature_shape}")
+        return cls(_stack(list(zip(train_xs, ys[:n], strict=True))),
+                   _stack(list(zip(test_xs, ys[n:], strict=True))), task, num_classes, names)
 
 
-def _stack(pairs, x_like, y_like, ydtype=None) -> Split:
+def _stack(pairs, like: Split | None = None) -> Split:
+    """Concatenates per-node (x, y) pairs into one Split; `like` gives the shapes when empty."""
     xs = [p[0] for p in pairs]
     ys = [p[1] for p in pairs]
-    x = np.concatenate(xs) if xs else np.zeros((0,) + x_like.shape[1:])
-    y = np.concatenate(ys) if ys else np.zeros((0,) + y_like.shape[1:])
     counts = np.array([len(a) for a in xs], dtype=np.int64)
-    return Split(x.astype(np.float32), y.astype(ydtype or y_like.dtype), counts)
+    if not xs:
+        return Split(like.x[:0], like.y[:0], counts)
+    return Split(np.concatenate(xs), np.concatenate(ys), counts)
 
 
-def _check_nodes(xs, ys, split: str = "", allow_empty: bool = False):
-    """Validates per-node arrays; returns them as numpy arrays."""
+def _who(k: int, names: Sequence[str], split: str = "") -> str:
+    """How errors name node k: "node 3", "node 3 'paris'", "node 3 'paris' (test)"."""
+    name = f" {names[k]!r}" if names[k] != str(k) else ""
+    return f"node {k}{name}" + (f" ({split})" if split else "")
+
+
+def _array(a, where: str) -> np.ndarray:
+    """np.asarray(a), or a FederatedDataError naming `where` for ragged nested lists."""
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise FederatedDataError(f"{where}: not one rectangular array ({e})") from None
+
+
+def _missing(ids: np.ndarray) -> np.ndarray:
+    """[T] bool: node ids that are NaN or None."""
+    if ids.dtype.kind == "f":
+        return np.isnan(ids)
+    if ids.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and v != v) for v in ids], bool)
+    return np.zeros(len(ids), bool)
+
+
+def _check_names(names, n: int) -> tuple[str, ...]:
+    if names is None:
+        return tuple(str(k) for k in range(n))
+    names = tuple(map(str, names))
+    if len(names) != n:
+        raise FederatedDataError(f"got {len(names)} names for {n} nodes")
+    nodes = {}
+    for k, name in enumerate(names):
+        nodes.setdefault(name, []).append(k)
+    for name, ks in nodes.items():
+        if len(ks) > 1:
+            which = ", ".join(map(str, ks[:-1])) + f" and {ks[-1]}"
+            raise FederatedDataError(f"names: {name!r} names nodes {which}; node names must be "
+                                     "distinct")
+    return names
+
+
+def _float32(a: np.ndarray, where: str) -> np.ndarray:
+    """`a` as float32, or a FederatedDataError naming the first row that is NaN/inf or
+    beyond float32's range (which the cast would turn into inf)."""
+    with np.errstate(over="ignore"):
+        out = a.astype(np.float32, copy=False)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        first = tuple(np.argwhere(bad)[0])
+        value = a[first]
+        what = ("NaN/inf value(s)" if not np.isfinite(value) else
+                f"value(s) overflow float32 (|v| > {_F32_MAX:.3g}; e.g. {value:.3g})")
+        raise FederatedDataError(f"{where}: {int(bad.sum())} {what}, first in row {first[0]}")
+    return out
+
+
+def _check_nodes(xs, ys, names, split: str = "", allow_empty: bool = False):
+    """Validates per-node arrays; returns x as float32 arrays, y as numpy arrays, the names."""
     where = f" ({split})" if split else ""
     if xs is None or len(xs) == 0:
         raise FederatedDataError(f"no nodes given{where}: need at least one node")
-    if len(xs) != len(ys):
-        raise FederatedDataError(f"{len(xs)} x arrays but {len(ys)} y arrays{where}")
-    xs = [np.asarray(x) for x in xs]
-    ys = [np.asarray(y) for y in ys]
-    feature_shape = xs[0].shape[1:]
-    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+    if ys is None or len(xs) != len(ys):
+        got = 0 if ys is None else len(ys)
+        raise FederatedDataError(f"{len(xs)} x arrays but {got} y arrays{where}")
+    names = _check_names(names, len(xs))
+    out_x, out_y = [], []
+    for k in range(len(xs)):
+        who = _who(k, names, split)
+        x, y = _array(xs[k], f"{who}, field x"), _array(ys[k], f"{who}, field y")
         if x.ndim < 1 or y.ndim < 1:
-            raise FederatedDataError(f"node {k}{where}: x and y need a leading example axis")
+            raise FederatedDataError(f"{who}: x and y need a leading example axis")
         if len(x) != len(y):
             raise FederatedDataError(
-                f"node {k}{where}: x has {len(x)} rows but y has {len(y)}; they must match"
+                f"{who}: x has {len(x)} rows but y has {len(y)}; they must match"
             )
         if len(x) == 0 and not allow_empty:
-            raise FederatedDataError(f"node {k}{where} has no examples")
-        if x.shape[1:] != feature_shape:
+            raise FederatedDataError(f"{who} has no examples")
+        if out_x and x.shape[1:] != out_x[0].shape[1:]:
             raise FederatedDataError(
-                f"node {k}{where}, field x: feature shape {x.shape[1:]} differs from node 0's "
-                f"{feature_shape}"
+                f"{who}, field x: feature shape {x.shape[1:]} differs from node 0's "
+                f"{out_x[0].shape[1:]}"
             )
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise FederatedDataError(f"node {k}{where}, field x: dtype {x.dtype} is not real")
-        bad = ~np.isfinite(x)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
+            raise FederatedDataError(f"{who}, field x: dtype {x.dtype} is not real")
+        if y.dtype.kind not in "biuf":
             raise FederatedDataError(
-                f"node {k}{where}, field x: {int(bad.sum())} NaN/inf value(s), first in row {row}"
+                f"{who}, field y: dtype {y.dtype} is not numeric; labels must be integers "
+                "0..C-1 (map class names to them first), regression targets real numbers"
             )
-        if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-            row = int(np.argwhere(~np.isfinite(y))[0][0])
-            raise FederatedDataError(f"node {k}{where}, field y: NaN/inf value in row {row}")
-    return xs, ys
+        out_x.append(_float32(x, f"{who}, field x"))
+        if y.dtype.kind == "f":
+            _float32(y, f"{who}, field y")
+        out_y.append(y)
+    return out_x, out_y, names
 
 
-def _check_labels(pairs, num_classes, num_train) -> int:
-    for i, (_, y) in enumerate(pairs):
-        k, split = (i, "train") if i < num_train else (i - num_train, "test")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise FederatedDataError(
-                f"node {k} ({split}), field y: classification labels must be integers, got "
-                f"dtype {y.dtype}"
-            )
+def _targets(who: list[str], ys: list[np.ndarray], task, num_classes):
+    """Infers or checks the task; returns (task, ys as int32 labels or float32, num_classes)."""
+    if task is None:
+        task = "classification" if num_classes is not None else _infer_task(ys)
+    if task not in TASKS:
+        raise FederatedDataError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "regression":
+        return task, [y.astype(np.float32) for y in ys], None
+    num_classes = _check_labels(who, ys, num_classes)
+    return task, [y.astype(np.int32) for y in ys], num_classes
+
+
+def _infer_task(ys: list[np.ndarray]) -> str:
+    filled = [y for y in ys if y.size]
+    if all(y.dtype.kind in "biu" for y in filled):
+        return "classification"
+    floats = [y for y in filled if y.dtype.kind == "f"]
+    if all(np.array_equal(y, np.round(y)) for y in floats):
+        raise FederatedDataError(
+            f"field y: task is not given and every y value is a whole number stored as "
+            f"{floats[0].dtype}, which could be class labels or integral regression targets: "
+            'pass task="classification" or task="regression"'
+        )
+    return "regression"
+
+
+def _check_labels(who: list[str], ys: list[np.ndarray], num_classes) -> int:
+    for w, y in zip(who, ys, strict=True):
         if y.ndim != 1:
+            raise FederatedDataError(f"{w}, field y: labels must be 1-D, got shape {y.shape}")
+        if y.dtype.kind == "f":
+            frac = np.flatnonzero(y != np.round(y))
+            if frac.size:
+                raise FederatedDataError(
+                    f"{w}, field y: label {y[frac[0]]:g} in row {frac[0]} is not a whole number; "
+                    "classification labels are integers 0..C-1"
+                )
+    if num_classes is None:
+        k = max((k for k, y in enumerate(ys) if y.size), key=lambda k: ys[k].max())
+        row = int(np.argmax(ys[k]))
+        top = ys[k][row].item()
+        num_classes = int(top) + 1
+        if num_classes > MAX_INFERRED_CLASSES:
             raise FederatedDataError(
-                f"node {k} ({split}), field y: labels must be 1-D, got shape {y.shape}"
+                f"{who[k]}, field y: label {top} in row {row} would make {num_classes} classes "
+                f"(the largest label + 1), more than MAX_INFERRED_CLASSES = "
+                f"{MAX_INFERRED_CLASSES}; pass num_classes= if that many are meant, or number "
+                "the classes 0..C-1"
             )
-    top = max(int(y.max()) for _, y in pairs if len(y))
-    num_classes = top + 1 if num_classes is None else int(num_classes)
-    for i, (_, y) in enumerate(pairs):
-        k, split = (i, "train") if i < num_train else (i - num_train, "test")
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
+    num_classes = int(num_classes)
+    for w, y in zip(who, ys, strict=True):
+        bad = np.flatnonzero((y < 0) | (y >= num_classes))
+        if bad.size:
             raise FederatedDataError(
-                f"node {k} ({split}), field y: label {int(y[bad][0])} out of range "
+                f"{w}, field y: label {y[bad[0]].item()} in row {bad[0]} out of range "
                 f"[0, {num_classes})"
             )
-    if num_classes < 2:
-        raise FederatedDataError(f"classification needs at least 2 classes, got {num_classes}")
+    if not 2 <= num_classes <= np.iinfo(np.int32).max:
+        raise FederatedDataError(
+            f"classification needs 2 to 2**31 - 1 classes, got {num_classes}"
+        )
     return num_classes

@@ -405,20 +405,24 @@ class Engine:
     def evaluate(self, state: EngineState) -> dict[str, dict[str, np.ndarray]]:
         """Test metrics of every real node for each model kind: {kind: {metric: [N]}}.
 
+        Regression metrics are in the targets' raw units: models see the stored targets
+        (raw - y_mean) / y_scale, so RMSE is multiplied by `data.y_scale` and MSE by its square.
         Nodes without test examples get NaN (no metric); any other non-finite metric raises
-        FloatingPointError naming the node.
+        DivergenceError naming the node.
         """
         tested = self.data.test.counts > 0
         result = jax.device_get(self._evaluate(state, self.train, self.test))
+        scale = self.data.y_scale
+        units = {"rmse": scale, "mse": scale * scale} if self.data.task == "regression" else {}
         per_node = {
-            kind: {k: np.asarray(v[: self.num_real]) for k, v in metrics.items()}
+            kind: {k: np.asarray(v[: self.num_real]) * units.get(k, 1) for k, v in metrics.items()}
             for kind, metrics in result.items()
         }
         for kind, metrics in per_node.items():
             for name, values in metrics.items():
                 bad = np.flatnonzero(tested & ~np.isfinite(values))
                 if bad.size:
-                    raise FloatingPointError(
+                    raise DivergenceError(
                         f"{self.algorithm.name}: {kind} model has non-finite test {name} on "
                         f"{bad.size} node(s), first node {self.data.names[bad[0]]!r}; lower the "
                         "learning rate or check the data"

@@ -207,14 +207,6 @@ def from_indices(
     )
 
 
-def _num_classes(y, num_classes):
-    # Every class of the input counts, even one a node split happens to miss.
-    y = np.asarray(y)
-    if num_classes is None and np.issubdtype(y.dtype, np.integer) and len(y):
-        return int(y.max()) + 1
-    return num_classes
-
-
 def dirichlet(
     x, y, num_nodes: int, *, alpha: float, seed: int = 0, test_fraction: float = 0.25,
     min_size: int = 2, balance: bool = True, num_classes: int | None = None,
@@ -225,13 +217,14 @@ def dirichlet(
       x: [n, *F] features; y: [n] int labels.
       num_nodes, alpha, seed, min_size, balance: as in `dirichlet_indices`.
       test_fraction: share of each node held out for testing.
-      num_classes: C; the largest label + 1 when None.
+      num_classes: C; the largest label + 1 when None (every example is in some node, so
+        no class is missed; at most `data.MAX_INFERRED_CLASSES`).
     """
     parts = dirichlet_indices(
         y, num_nodes, alpha=alpha, seed=seed, min_size=min_size, balance=balance
     )
     return from_indices(x, y, parts, test_fraction=test_fraction, seed=seed,
-                        num_classes=_num_classes(y, num_classes))
+                        task="classification", num_classes=num_classes)
 
 
 def shards(
@@ -244,11 +237,12 @@ def shards(
       x: [n, *F] features; y: [n] int labels.
       num_nodes, classes_per_node, seed: as in `shard_indices`.
       test_fraction: share of each node held out for testing.
-      num_classes: C; the largest label + 1 when None.
+      num_classes: C; the largest label + 1 when None (every example is in some node, so
+        no class is missed; at most `data.MAX_INFERRED_CLASSES`).
     """
     parts = shard_indices(y, num_nodes, classes_per_node=classes_per_node, seed=seed)
     return from_indices(x, y, parts, test_fraction=test_fraction, seed=seed,
-                        num_classes=_num_classes(y, num_classes))
+                        task="classification", num_classes=num_classes)
 
 
 def quantity_skew(
@@ -261,9 +255,10 @@ def quantity_skew(
       x: [n, *F] features; y: [n] labels or targets.
       num_nodes, sigma, seed, min_size: as in `quantity_skew_indices`.
       test_fraction: share of each node held out for testing.
-      task: "classification" or "regression"; from y's dtype when None.
+      task: "classification" or "regression"; inferred from y as in
+        `FederatedData.from_nodes` when None.
       num_classes: C for classification; the largest label + 1 when None.
     """
     parts = quantity_skew_indices(len(y), num_nodes, sigma=sigma, seed=seed, min_size=min_size)
     return from_indices(x, y, parts, test_fraction=test_fraction, seed=seed, task=task,
-                        num_classes=_num_classes(y, num_classes))
+                        num_classes=num_classes)

@@ -30,7 +30,7 @@ from fedmtl.data import FederatedData
 from fedmtl.datasets.turbofan import Engine as Trajectory
 from fedmtl.datasets.turbofan import TurbofanStudy, turbofan
 from fedmtl.engine import Engine, Federation
-from fedmtl.report import atomic_write
+from fedmtl.output import atomic_write
 
 # ----- economics and maintenance decisions -----
 
@@ -179,8 +179,9 @@ class Training:
       batch_size: B.
       lr: local SGD learning rate.
       hidden: MLP hidden sizes.
-      target_scale: the models fit RUL / target_scale and predictions are multiplied back
-        (uncapped RUL reaches ~500 cycles; on the raw target, SGD diverges at lr >= 1e-3).
+      target_scale: the models fit RUL / target_scale (`FederatedData.scale_targets`) and
+        predictions are mapped back to cycles (uncapped RUL reaches ~500 cycles; on the raw
+        target, SGD diverges at lr >= 1e-3).
       finetune_steps: local SGD steps that personalize the FedAvg model ("finetuned").
       seed: seeds model init and training.
     """
@@ -203,26 +204,25 @@ class Training:
         )
 
 
-def scale_targets(data: FederatedData, scale: float) -> FederatedData:
-    """The same data with regression targets divided by `scale`."""
-    div = lambda split: dataclasses.replace(split, y=(split.y / scale).astype(np.float32))
-    return dataclasses.replace(data, train=div(data.train), test=div(data.test))
-
-
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """Per-node RUL predictors of one kind: params[k] = (shared, personal) of node k."""
+    """Per-node RUL predictors of one kind: params[k] = (shared, personal) of node k.
+
+    y_mean, y_scale: the target scaling of the data the models were trained on (a model's
+    output o means o * y_scale + y_mean cycles; see `FederatedData.y_mean`).
+    """
 
     name: str
     model: models.Model
     params: tuple
-    scale: float
+    y_mean: float
+    y_scale: float
     seconds: float
 
     def predict(self, node: int, x: np.ndarray) -> np.ndarray:
         """Predicted RUL in cycles [T] of node `node`'s model on rows x [T, D]."""
         out = self.model.apply(*self.params[node], jnp.asarray(x, jnp.float32))
-        out = np.asarray(out, np.float64).reshape(-1) * self.scale
+        out = np.asarray(out, np.float64).reshape(-1) * self.y_scale + self.y_mean
         if not np.all(np.isfinite(out)):
             raise FloatingPointError(
                 f"{self.name}: non-finite RUL predictions of node {node}; training diverged "
@@ -242,7 +242,10 @@ def fit(
     data: FederatedData, training: Training, kinds: Sequence[str] = KINDS,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Predictor]:
-    """Trains RUL predictors on regression `data` (targets in cycles) with the engine.
+    """Trains RUL predictors on regression `data` with the engine.
+
+    The models fit the targets scaled once more by `training.target_scale`; predictions come
+    back in the data's raw units (cycles), whatever scaling `data` already had.
 
     Kinds: "local" (each node's own model), "fedavg" (the global model), "fedper" (shared body,
     per-node head), "finetuned" (the FedAvg model after `finetune_steps` local steps per node).
@@ -251,7 +254,7 @@ def fit(
     if unknown:
         raise ValueError(f"unknown predictor kind(s) {sorted(unknown)}; choose from {KINDS}")
     log = log or (lambda message: None)
-    scaled = scale_targets(data, training.target_scale)
+    scaled = data.scale_targets(0.0, training.target_scale)
     fed = training.federation()
     build = lambda: models.build(training.model, data.feature_shape, 1, seed=training.seed,
                                  hidden=training.hidden)
@@ -272,7 +275,7 @@ def fit(
             label = {"global": "fedavg", "local": "local"}.get(kind)
             label = label or ("finetuned" if name == "fedavg" else name)
             per_node = tuple(_node(params, k) for k in range(data.num_nodes))
-            out[label] = Predictor(label, algo.model, per_node, training.target_scale,
+            out[label] = Predictor(label, algo.model, per_node, scaled.y_mean, scaled.y_scale,
                                    time.perf_counter() - start)
         log(f"trained {name}: {training.rounds} rounds in {time.perf_counter() - start:.1f} s"
             + (f", then {training.finetune_steps} fine-tuning steps per node" if tune else ""))
@@ -281,7 +284,7 @@ def fit(
 
 def model_rmse(predictor: Predictor, data: FederatedData) -> float:
     """RMSE in cycles over all test rows, each node's rows by its own model."""
-    err = [predictor.predict(k, x) - y for k in range(data.num_nodes)
+    err = [predictor.predict(k, x) - data.raw_targets(y) for k in range(data.num_nodes)
            for x, y in [data.test.node(k)] if len(y)]
     err = np.concatenate(err)
     return float(np.sqrt(np.mean(err**2)))

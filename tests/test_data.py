@@ -60,26 +60,35 @@ def test_node_without_examples():
     _raises(r"node 1\b.*no examples", xs, ys)
 
 
-def test_label_out_of_range_names_node_split_and_label():
+def test_label_out_of_range_names_node_row_and_label():
     xs, ys = _nodes()
     ys[2][0] = 7
-    _raises(r"node 2 \((train|test)\), field y: label 7 out of range \[0, 3\)", xs, ys,
-            num_classes=3)
+    _raises(r"node 2, field y: label 7 in row 0 out of range \[0, 3\)", xs, ys, num_classes=3)
     ys[2][0] = -1
-    _raises(r"node 2 \((train|test)\), field y: label -1 out of range", xs, ys)
+    _raises(r"node 2, field y: label -1 in row 0 out of range", xs, ys)
+    # from_splits names the split too
+    with pytest.raises(FederatedDataError, match=r"node 2 \(test\), field y: label -1 in row 0"):
+        FederatedData.from_splits(xs, [np.abs(y) for y in ys], xs, ys)
 
 
-def test_float_labels_for_classification():
+def test_whole_number_float_labels_are_accepted_for_explicit_classification():
     xs, ys = _nodes()
-    ys = [y.astype(np.float32) for y in ys]
-    _raises(r"node 0 \(train\), field y: classification labels must be integers", xs, ys,
+    floats = [y.astype(np.float32) for y in ys]
+    floats[1] = floats[1].astype(np.float64)  # one node in another float dtype
+    data = FederatedData.from_nodes(xs, floats, task="classification")
+    ref = FederatedData.from_nodes(xs, ys)
+    assert data.task == "classification" and data.num_classes == ref.num_classes == 3
+    assert data.train.y.dtype == np.int32
+    np.testing.assert_array_equal(data.train.y, ref.train.y)
+    np.testing.assert_array_equal(data.test.y, ref.test.y)
+
+
+def test_fractional_float_labels_for_classification_name_node_and_row():
+    xs, ys = _nodes()
+    floats = [y.astype(np.float64) for y in ys]
+    floats[1][3] = 0.5
+    _raises(r"node 1, field y: label 0.5 in row 3 is not a whole number", xs, floats,
             task="classification")
-
-
-def test_float_labels_in_one_node_only():
-    xs, ys = _nodes()
-    ys[1] = ys[1].astype(np.float64)
-    _raises(r"node 1 \(train\), field y.*integers", xs, ys, task="classification")
 
 
 def test_zero_nodes():
@@ -112,6 +121,179 @@ def test_bad_test_fraction(fraction):
 def test_from_flat_length_mismatch():
     with pytest.raises(FederatedDataError, match="same length"):
         FederatedData.from_flat(np.zeros((5, 2)), np.zeros(4, np.int32), np.zeros(5))
+
+
+def test_float32_overflow_names_node_field_and_row():
+    xs, ys = _nodes()
+    xs = [x.astype(np.float64) for x in xs]
+    xs[1][4, 2] = 1e39  # finite in float64, inf in float32
+    _raises(r"node 1, field x: 1 value\(s\) overflow float32.*1e\+39.*row 4\b", xs, ys)
+    xs[1][4, 2] = -3.5e38
+    _raises(r"node 1, field x: .*overflow float32.*row 4\b", xs, ys)
+    xs[1][4, 2] = 3.4e38  # rounds to float32's largest value: kept
+    assert FederatedData.from_nodes(xs, ys).train.x.dtype == np.float32
+
+
+def test_float32_overflow_of_regression_target_names_node_and_row():
+    xs, _ = _nodes()
+    ys = [np.linspace(0.5, 9.5, len(x)) for x in xs]  # float64, fractional: regression
+    ys[2][1] = -1e39
+    _raises(r"node 2, field y: 1 value\(s\) overflow float32.*row 1\b", xs, ys)
+    with pytest.raises(FederatedDataError, match=r"node 2 \(test\), field y:.*overflow"):
+        FederatedData.from_splits(xs, [np.zeros(len(x)) for x in xs], xs, ys)
+
+
+def test_errors_name_the_node_by_index_and_name():
+    xs, ys = _nodes()
+    xs[1][2, 0] = np.nan
+    _raises(r"node 1 'b', field x: 1 NaN/inf value\(s\), first in row 2", xs, ys,
+            names=["a", "b", "c"])
+
+
+# ----- label and task inference -----
+
+
+def test_integer_labels_are_classification():
+    xs, ys = _nodes()
+    for dtype in (np.int64, np.int8, np.uint16):
+        data = FederatedData.from_nodes(xs, [y.astype(dtype) for y in ys])
+        assert data.task == "classification" and data.num_classes == 3
+        assert data.train.y.dtype == np.int32
+
+
+def test_bool_labels_are_classification():
+    xs, ys = _nodes(classes=2)
+    data = FederatedData.from_nodes(xs, [y.astype(bool) for y in ys])
+    assert data.task == "classification" and data.num_classes == 2
+    assert data.train.y.dtype == np.int32
+    np.testing.assert_array_equal(data.train.y, FederatedData.from_nodes(xs, ys).train.y)
+
+
+def test_whole_number_float_labels_need_an_explicit_task():
+    xs, ys = _nodes()
+    floats = [y.astype(np.float32) for y in ys]
+    _raises(r"field y: .*whole number.*task=\"classification\".*task=\"regression\"",
+            xs, floats)
+    reg = FederatedData.from_nodes(xs, floats, task="regression")
+    assert reg.task == "regression" and reg.num_classes is None
+    assert reg.train.y.dtype == np.float32
+    # an explicit num_classes says classification
+    assert FederatedData.from_nodes(xs, floats, num_classes=3).task == "classification"
+
+
+def test_fractional_float_targets_are_regression():
+    xs, ys = _nodes()
+    floats = [y + 0.25 for y in ys]  # float64
+    floats[0] = ys[0].astype(np.float64)  # one node of whole numbers does not change that
+    data = FederatedData.from_nodes(xs, floats)
+    assert data.task == "regression" and data.train.y.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", [str, object])
+def test_string_and_object_labels_are_rejected_naming_node_and_field(kind):
+    xs, ys = _nodes()
+    labels = [y.astype(kind) for y in ys]
+    dtype = "object" if kind is object else r"<U\d+"
+    for task in (None, "classification", "regression"):
+        _raises(rf"node 0, field y: dtype {dtype} is not numeric", xs, labels, task=task)
+
+
+def test_inferred_class_count_is_bounded():
+    from fedmtl.data import MAX_INFERRED_CLASSES
+
+    xs, ys = _nodes()
+    ys[2][1] = 10**9
+    _raises(rf"node 2, field y: label 1000000000 in row 1 .*1000000001 classes.*"
+            rf"{MAX_INFERRED_CLASSES}.*num_classes", xs, ys)
+    ys[2][1] = MAX_INFERRED_CLASSES - 1  # the bound itself is fine
+    assert FederatedData.from_nodes(xs, ys).num_classes == MAX_INFERRED_CLASSES
+    ys[2][1] = 10**9  # an explicit count is the user's choice
+    assert FederatedData.from_nodes(xs, ys, num_classes=10**9 + 1).num_classes == 10**9 + 1
+
+
+# ----- ragged input, node names and node ids -----
+
+
+def test_ragged_node_arrays_name_node_and_field():
+    xs, ys = _nodes()
+    xs[1], ys[1] = [[1.0, 2.0, 3.0], [3.0]], ys[1][:2]
+    _raises(r"node 1, field x: not one rectangular array.*inhomogeneous", xs, ys)
+    xs, ys = _nodes()
+    ys[2] = [[0], [1, 2], [0], [1]]
+    _raises(r"node 2 'c', field y: not one rectangular array", xs, ys, names=["a", "b", "c"])
+
+
+def test_duplicate_node_names_are_rejected():
+    xs, ys = _nodes()
+    _raises(r"names: 'a' names nodes 0 and 2", xs, ys, names=["a", "b", "a"])
+    _raises(r"names: '1' names nodes 0 and 1", xs, ys, names=[1, "1", "x"])
+    with pytest.raises(FederatedDataError, match=r"'b' names nodes 1 and 2"):
+        FederatedData.from_splits(xs, ys, xs, ys, names=["a", "b", "b"])
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([3.0, np.nan, 3.0, 1.0, np.nan, 1.0]),
+    np.array(["n3", None, "n3", "n1", float("nan"), "n1"], dtype=object),
+])
+def test_from_flat_rejects_missing_node_ids(ids):
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.array([0, 1, 0, 1, 0, 1], np.int32)
+    with pytest.raises(FederatedDataError,
+                       match=r"node_ids: 2 row\(s\) have no node id \(NaN or None\), first row 1"):
+        FederatedData.from_flat(x, y, ids)
+
+
+# ----- target scaling -----
+
+
+def _regression(seed=0):
+    xs, _ = _nodes(sizes=(12, 9, 20))
+    rng = np.random.default_rng(seed)
+    ys = [rng.normal(100 + 60 * k, 30, len(x)) for k, x in enumerate(xs)]
+    return FederatedData.from_nodes(xs, ys, task="regression", names=["a", "b", "c"])
+
+
+def test_standardize_targets_uses_two_federation_wide_scalars():
+    data = _regression()
+    assert (data.y_mean, data.y_scale) == (0.0, 1.0)
+    std = data.standardize_targets()
+    raw = data.train.y.astype(np.float64)
+    assert std.y_mean == pytest.approx(raw.mean()) and std.y_scale == pytest.approx(raw.std())
+    assert abs(std.train.y.mean()) < 1e-5 and std.train.y.std() == pytest.approx(1, abs=1e-5)
+    for split in ("train", "test"):  # both splits with the train statistics
+        np.testing.assert_allclose(getattr(std, split).y,
+                                   (getattr(data, split).y - raw.mean()) / raw.std(), rtol=1e-5)
+        np.testing.assert_allclose(std.raw_targets(getattr(std, split).y),
+                                   getattr(data, split).y, rtol=1e-5)
+    assert std.train.y.dtype == np.float32
+    # scalings compose, subsets keep them, and a second standardization changes nothing
+    again = std.standardize_targets()
+    assert again.y_mean == pytest.approx(std.y_mean) and again.y_scale == pytest.approx(std.y_scale)
+    hundred = data.scale_targets(0.0, 100.0)
+    np.testing.assert_array_equal(hundred.train.y, data.train.y / np.float32(100))
+    assert (hundred.y_mean, hundred.y_scale) == (0.0, 100.0)
+    assert std.subset([2, 0]).y_scale == std.y_scale
+    with pytest.raises(FederatedDataError, match="regression"):
+        FederatedData.from_nodes(*_nodes()).standardize_targets()
+    with pytest.raises(FederatedDataError, match="scale"):
+        data.scale_targets(0.0, 0.0)
+
+
+def test_evaluate_reports_regression_metrics_in_original_units():
+    import dataclasses
+
+    from fedmtl import algorithms, models
+    from fedmtl.engine import Engine, Federation
+
+    data = _regression()
+    scaled = dataclasses.replace(data, y_mean=7.0, y_scale=10.0)  # same stored y, other units
+    fed = Federation(rounds=0, batch_size=4)
+    results = []
+    for d in (data, scaled):
+        engine = Engine(algorithms.local(models.build("mlp", (3,), 1, hidden=(4,))), d, fed)
+        results.append(engine.evaluate(engine.init())["local"])
+    np.testing.assert_allclose(results[1]["rmse"], 10 * results[0]["rmse"], rtol=1e-6)
+    np.testing.assert_allclose(results[1]["mse"], 100 * results[0]["mse"], rtol=1e-6)
 
 
 # ----- construction -----

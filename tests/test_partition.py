@@ -98,7 +98,7 @@ def test_quantity_skew_sizes():
     skewed = [len(p) for p in partition.quantity_skew_indices(10000, 20, sigma=2.0, seed=0)]
     assert max(skewed) > 20 * min(skewed) and min(skewed) >= 2
     x = np.arange(100, dtype=np.float32)[:, None]
-    data = partition.quantity_skew(x, x[:, 0] * 2.0, 4, sigma=1.0, seed=0)
+    data = partition.quantity_skew(x, x[:, 0] * 2.0, 4, sigma=1.0, seed=0, task="regression")
     assert data.task == "regression"
 
 

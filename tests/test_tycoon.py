@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fedmtl import cli
+from fedmtl import cli, tycoon
 from fedmtl.models import Model, build
 from fedmtl.tycoon import (
     Economics,
@@ -101,9 +101,21 @@ def test_replay_rejects_impossible_stops():
 def test_diverged_model_raises_instead_of_never_alarming():
     model = Model.of(build("mlp", (16,), 1, hidden=(4,)), personal=None)
     nan = jax.tree.map(lambda a: a * np.nan, model.shared)
-    predictor = Predictor("fedavg", model, ((nan, model.personal),), 100.0, 0.0)
+    predictor = Predictor("fedavg", model, ((nan, model.personal),), y_mean=0.0, y_scale=100.0,
+                          seconds=0.0)
     with pytest.raises(FloatingPointError, match="fedavg: non-finite"):
         predictor.predict(0, np.zeros((3, 16), np.float32))
+
+
+def test_predictions_come_back_in_the_units_of_the_raw_targets():
+    """The Tycoon scales targets with FederatedData's one mechanism (y_mean, y_scale): a model
+    that outputs 0 predicts y_mean cycles, one that outputs 1 predicts y_mean + y_scale."""
+    model = Model.of(build("mlp", (16,), 1, hidden=(4,)), personal=None)
+    zero = jax.tree.map(np.zeros_like, model.shared)
+    predictor = Predictor("fedavg", model, ((zero, model.personal),), y_mean=120.0, y_scale=70.0,
+                          seconds=0.0)
+    np.testing.assert_allclose(predictor.predict(0, np.ones((3, 16), np.float32)), 120.0)
+    assert not hasattr(tycoon, "scale_targets")  # no second scaling mechanism
 
 
 def test_cli_smoke(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The data folder, sha256 verification of every file read, and shared per-node helpers.
 
 Files are looked up in the package's shipped copies first (C-MAPSS FD001/FD003 only), then in the
-data folder: `data_dir=` if given, else `$FEDMTL_DATA`, else `~/.fedmtl/data`. A file is used only
+data folder: `data_dir=` if given (it must then exist, even when the shipped copies suffice), else
+`$FEDMTL_DATA`, else `~/.fedmtl/data` (which may be absent). A file is used only
 if its sha256 matches the value published in the data set's README; parsed arrays are cached
 per file version (path, mtime, size), so repeated loader calls parse once.
 """
@@ -143,6 +144,17 @@ def candidates(subdir: str, name: str, root: str | os.PathLike | None = None) ->
     return paths + [folder / subdir / name]
 
 
+def check_root(root: str | os.PathLike) -> None:
+    """Raises DataFileError naming `root` unless it is an existing folder."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        why = "is not a folder" if folder.exists() else "does not exist"
+        raise DataFileError(
+            f"data_dir {str(folder)!r} {why}: pass a folder holding cmapss/, uci_har/ or "
+            f"vehicle_sensor/ (or no data_dir: then {ENV_VAR}, else {DEFAULT_DIR})"
+        )
+
+
 def check(path: Path, expected: Checksum) -> str | None:
     """Why `path` fails verification (a short reason), or None when it is good."""
     if not path.is_file():
@@ -161,8 +173,11 @@ def load(subdir: str, name: str, parse: Callable[[bytes], object], root=None):
       root: the data folder overriding `data_dir()`.
 
     Raises:
-      DataFileError: no candidate path holds the published bytes.
+      DataFileError: no candidate path holds the published bytes, or `root` is given but is
+        not an existing folder (even when a shipped copy would do: the path is a mistake).
     """
+    if root is not None:
+        check_root(root)
     expected = CHECKSUMS[subdir][name]
     tried = []
     for path in candidates(subdir, name, root):

@@ -62,7 +62,8 @@ def har(
         not normalized (accelerations in g, gyro in rad/s).
       test_fraction: share of each subject's windows in its test split.
       seed: seed of the per-subject splits.
-      data_dir: data folder overriding `$FEDMTL_DATA`.
+      data_dir: data folder overriding `$FEDMTL_DATA`; when given it must be an existing
+        folder (`DataFileError`).
 
     Returns:
       Classification FederatedData with 30 nodes "subject01".."subject30", 10299 windows.

@@ -157,7 +157,8 @@ def turbofan(
       engines_per_factory: engines per factory.
       test_engines_per_factory: engines per factory in the node's test split (0 for none).
       seed: seed of the engine shuffle.
-      data_dir: data folder overriding `$FEDMTL_DATA` (only used if a shipped file is missing).
+      data_dir: data folder overriding `$FEDMTL_DATA` (only read if a shipped file is
+        missing); when given it must be an existing folder (`DataFileError`).
 
     Returns:
       TurbofanStudy with the FederatedData (nodes "factory00", ...), the held-out engines and
@@ -255,7 +256,8 @@ def turbofan_windows(
         possible (FD001: 10 nodes x 10 engines). Otherwise only the first
         num_nodes * engines_per_node shuffled engines are used.
       seed: seed of the train-engine shuffle.
-      data_dir: data folder overriding `$FEDMTL_DATA`.
+      data_dir: data folder overriding `$FEDMTL_DATA`; when given it must be an existing
+        folder (`DataFileError`).
 
     Returns:
       Regression FederatedData: nodes "node00".., x [window, 14] float32, y = capped RUL.

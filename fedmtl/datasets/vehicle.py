@@ -29,7 +29,8 @@ def vehicle(*, test_fraction: float = 0.25, seed: int = 0, data_dir=None) -> Fed
     Args:
       test_fraction: share of each node's samples in its test split.
       seed: seed of the per-node splits.
-      data_dir: data folder overriding `$FEDMTL_DATA`.
+      data_dir: data folder overriding `$FEDMTL_DATA`; when given it must be an existing
+        folder (`DataFileError`).
 
     Returns:
       Classification FederatedData: 23 nodes "node01".."node61" (sensor ids), x [100]
