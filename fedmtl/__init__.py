@@ -5,17 +5,19 @@ server_update → evaluation (global vs local vs personalized, per node) → rep
 """
 
 from fedmtl.aggregation import weighted_mean
-from fedmtl.algorithms import Algorithm, fedavg, fedper, local
+from fedmtl.algorithms import Algorithm, AlgorithmError, fedavg, fedper, local
 from fedmtl.data import FederatedData, FederatedDataError
-from fedmtl.engine import Engine, EngineState, Federation
-from fedmtl.experiment import AlgorithmResult, Comparison, compare, run_algorithm
-from fedmtl.models import MLP, Conv1D, LogisticRegression, Model
+from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
+from fedmtl.experiment import AlgorithmResult, Comparison, Failure, compare, run_algorithm
+from fedmtl.models import MLP, Conv1D, LogisticRegression, Model, ModelDataMismatch
+from fedmtl.output import ResultsFolder, write_results
 from fedmtl.synthetic import synthetic
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Algorithm", "AlgorithmResult", "Comparison", "Conv1D", "Engine", "EngineState",
-    "FederatedData", "FederatedDataError", "Federation", "LogisticRegression", "Model",
-    "compare", "fedavg", "fedper", "local", "run_algorithm", "synthetic", "weighted_mean",
+    "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison", "Conv1D",
+    "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData", "FederatedDataError",
+    "Federation", "LogisticRegression", "Model", "ModelDataMismatch", "ResultsFolder", "compare",
+    "fedavg", "fedper", "local", "run_algorithm", "synthetic", "weighted_mean", "write_results",
 ]

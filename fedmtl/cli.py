@@ -1,4 +1,5 @@
-"""`fedmtl` command line: run or compare algorithms and report per-node results side by side."""
+"""fedmtl: personalized federated multi-task learning. Train algorithms on the same nodes
+and compare, per node, the global, the personalized and each node's own local model."""
 
 from __future__ import annotations
 
@@ -7,15 +8,30 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
+from fedmtl import __version__, models
 from fedmtl import algorithms as algos
-from fedmtl import models
 from fedmtl.data import FederatedData
 from fedmtl.engine import Federation
 from fedmtl.experiment import compare
-from fedmtl.report import print_report, write_results
+from fedmtl.objectives import HIGHER_IS_BETTER
+from fedmtl.output import ResultsFolder, check_writable
+from fedmtl.report import primary_metric, print_report, summarize
 
+DEFAULT_ROUNDS = 50
+# Learning rates that train every data set at the other defaults: turbofan's end-of-life
+# cycles have extreme features (|x|^2 up to ~270), on which SGD at 0.05 diverges.
+DEFAULT_LR = {"turbofan": 0.01, "other data sets": 0.05}
 DATASETS = ("synthetic", "synthetic-iid", "turbofan", "vehicle", "har", "har-sitting")
 
 
@@ -28,18 +44,23 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(message)
 
 
-def bounded(kind=int, *, minimum=None, above=None):
-    """An argparse type: a `kind` number that is >= `minimum` or > `above`."""
+def bounded(kind=int, *, minimum=None, above=None, below=None):
+    """An argparse type: a finite `kind` number that is >= `minimum` or > `above`, and
+    < `below`."""
 
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}")
         if above is not None and value <= above:
             raise argparse.ArgumentTypeError(f"must be > {above}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below}")
         return value
 
     return parse
@@ -57,8 +78,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="Synthetic: nodes (default 30)")
     g.add_argument("--max-node-size", type=bounded(int, minimum=1), default=None,
                    help="Synthetic: cap on examples per node (default: none)")
-    g.add_argument("--test-fraction", type=float, default=0.25,
-                   help="per-node test share (default 0.25)")
+    g.add_argument("--test-fraction", type=bounded(float, above=0, below=1), default=0.25,
+                   help="per-node test share, in (0, 1) (default 0.25)")
     g.add_argument("--data-dir", type=Path, default=None,
                    help="folder with the data sets (default: $FEDMTL_DATA or ~/.fedmtl/data)")
 
@@ -66,16 +87,19 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--model", default="mlp", choices=("mlp", "logreg", "conv1d"),
-                   help="built-in model; the MLP's output layer is its 'head' (default mlp)")
+                   help="built-in model; the MLP's output layer is its 'head' (default mlp); "
+                   "logreg is a head alone, so use it with local and fedavg only")
     g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=[64],
                    help="MLP hidden sizes (default 64)")
-    g.add_argument("--rounds", type=bounded(int, minimum=0), default=50, help="rounds (default 50)")
+    g.add_argument("--rounds", type=bounded(int, minimum=0), default=DEFAULT_ROUNDS,
+                   help=f"rounds (default {DEFAULT_ROUNDS})")
     g.add_argument("--cohort-size", type=bounded(int, minimum=1), default=None,
                    help="nodes sampled per round (default: all)")
     g.add_argument("--local-epochs", type=bounded(int, minimum=1), default=1, help="default 1")
     g.add_argument("--batch-size", type=bounded(int, minimum=1), default=10, help="default 10")
-    g.add_argument("--lr", type=bounded(float, above=0), default=0.05,
-                   help="local SGD learning rate (default 0.05)")
+    g.add_argument("--lr", type=bounded(float, above=0), default=None,
+                   help="local SGD learning rate (default: the data set's, "
+                   + ", ".join(f"{v} for {k}" for k, v in DEFAULT_LR.items()) + ")")
     g.add_argument("--server-lr", type=bounded(float, above=0), default=1.0,
                    help="server SGD learning rate on the averaged delta (default 1: FedAvg)")
     g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
@@ -88,12 +112,14 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("results"),
                    help="folder for results.json and per_node.csv (default ./results)")
-    g.add_argument("--show-nodes", type=int, default=10,
+    g.add_argument("--show-nodes", type=bounded(int, minimum=-1), default=10,
                    help="nodes shown in the per-node table (default 10; -1: all)")
 
 
 def load_data(args) -> FederatedData:
-    """The data set named by --dataset."""
+    """The data set named by --dataset; regression targets are standardized (train mean and
+    std over all nodes), so every data set trains at the default options, and
+    `Engine.evaluate` reports their metrics in the raw units (e.g. cycles)."""
     name = args.dataset
     if name in ("synthetic", "synthetic-iid"):
         from fedmtl.synthetic import synthetic
@@ -104,14 +130,16 @@ def load_data(args) -> FederatedData:
     from fedmtl import datasets
 
     if name == "turbofan":
-        return datasets.turbofan(seed=args.seed, data_dir=args.data_dir).data
-    if name == "vehicle":
-        return datasets.vehicle(test_fraction=args.test_fraction, seed=args.seed,
+        data = datasets.turbofan(seed=args.seed, data_dir=args.data_dir).data
+    elif name == "vehicle":
+        data = datasets.vehicle(test_fraction=args.test_fraction, seed=args.seed,
                                 data_dir=args.data_dir)
-    task = "sitting" if name == "har-sitting" else "activity"
-    features = "raw" if args.model == "conv1d" else "stats"
-    return datasets.har(task, features, test_fraction=args.test_fraction, seed=args.seed,
-                        data_dir=args.data_dir)
+    else:
+        task = "sitting" if name == "har-sitting" else "activity"
+        features = "raw" if args.model == "conv1d" else "stats"
+        data = datasets.har(task, features, test_fraction=args.test_fraction, seed=args.seed,
+                            data_dir=args.data_dir)
+    return data.standardize_targets() if data.task == "regression" else data
 
 
 def build_algorithms(names: list[str], data: FederatedData, args) -> list[algos.Algorithm]:
@@ -139,7 +167,62 @@ def federation(args) -> Federation:
     )
 
 
+def resolved_config(args, algorithms: list[algos.Algorithm]) -> dict:
+    """Every option of the run, defaults included, plus what they resolved to (the output
+    folder is left out: it says where the results went, not how they were made)."""
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+               if k not in ("func", "out")}
+    model = algorithms[0].model
+    return {
+        "options": options,
+        "algorithms": [a.name for a in algorithms],
+        "model": {"name": args.model, "hidden": args.hidden if args.model == "mlp" else None,
+                  "parameters": model.num_params()},
+    }
+
+
+class RateColumn(ProgressColumn):
+    """Rounds per second of one algorithm's bar."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.2f} rounds/s", style="progress.data.speed")
+
+
+def progress_bars(console: Console) -> Progress:
+    """One bar per algorithm; each bar's clock starts when its algorithm starts compiling."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def takeaway(comparison) -> str | None:
+    """One line on what the reader should notice: where personalization beats the global and
+    the local model, from this run's own numbers."""
+    metric = primary_metric(comparison.data.task)
+    rows = [r for r in summarize(comparison) if r["metric"] == metric]
+    personalized = [r for r in rows if r["kind"] == "personalized"]
+    glob = [r for r in rows if r["kind"] == "global"]
+    local = [r for r in rows if r["kind"] == "local"]
+    if not personalized or not local:
+        return None
+    best = max(personalized, key=lambda r: r["node_mean"] * (1 if HIGHER_IS_BETTER[metric] else -1))
+    show = lambda v: f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.4g}"
+    parts = [f"each node's own local model {show(local[0]['node_mean'])}"]
+    parts += [f"{r['algorithm']}'s global model {show(r['node_mean'])} (its worst 10% of nodes "
+              f"{show(r['worst10'])})" for r in glob]
+    parts += [f"{r['algorithm']} personalized {show(r['node_mean'])}" for r in personalized]
+    return (f"Notice, {metric} per node on average: " + "; ".join(parts) + f". The best "
+            f"personalized model ({best['algorithm']}) beats the local one on "
+            f"{100 * best['beats_local']:.0f}% of nodes.")
+
+
 def run_comparison(names: list[str], args, console: Console) -> int:
+    folder = check_writable(args.out)  # before any data is loaded or model trained
+    if args.lr is None:
+        args.lr = DEFAULT_LR.get(args.dataset, DEFAULT_LR["other data sets"])
     data = load_data(args)
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
@@ -148,33 +231,85 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     if fed.cohort_size is not None and fed.cohort_size > data.num_nodes:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), console=console,
-        transient=False,
-    ) as progress:
-        tasks = {
-            a.name: progress.add_task(a.name, total=fed.rounds, metrics="compiling…")
-            for a in algorithms
-        }
+    results = ResultsFolder.open(folder, resolved_config(args, algorithms), sys.argv[1:])
+    comparison = None
+    try:
+        with progress_bars(console) as progress:
+            tasks = {a.name: progress.add_task(a.name, total=fed.rounds, metrics="waiting",
+                                               start=False) for a in algorithms}
 
-        def callback(name, round_done, metrics):
-            progress.update(tasks[name], completed=round_done,
-                            metrics=f"round {round_done}  train loss {metrics['train_loss']:.4f}")
+            running = []
 
-        result = compare(algorithms, data, fed, callback)
-    print_report(result, console, args.show_nodes)
-    paths = write_results(result, args.out, {"command": sys.argv[1:], "dataset": args.dataset})
+            def on_start(name):
+                running.append(name)
+                progress.start_task(tasks[name])
+                progress.update(tasks[name], metrics="compiling…")
+
+            def callback(name, round_done, metrics):
+                progress.update(tasks[name], completed=round_done,
+                                metrics=f"train loss {metrics['train_loss']:.4f}")
+
+            def on_done(so_far):
+                name = running[-1]
+                failed = any(f.name == name for f in so_far.failures)
+                progress.update(tasks[name], metrics="[red]failed[/]" if failed else "done")
+                progress.stop_task(tasks[name])
+                results.update(so_far)
+
+            comparison = compare(algorithms, data, fed, callback, on_start=on_start,
+                                 on_done=on_done)
+    except BaseException:
+        results.close(status="interrupted")
+        raise
+    paths = results.close(comparison)
+    if comparison.results:
+        print_report(comparison, console, args.show_nodes)
+        line = takeaway(comparison)
+        if line:
+            console.print(line)
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    for f in comparison.failures:
+        console.print(f"[red]failed[/]: {f.error}")
+    if comparison.failures:
+        raise CliError(f"{len(comparison.failures)} of {len(algorithms)} algorithm(s) failed "
+                       f"({', '.join(f.name for f in comparison.failures)}); the others' "
+                       f"results are in {folder}")
     return 0
+
+
+REPORT_HELP = """\
+the report: one row per node, one column per algorithm and model kind, each the node's test
+accuracy (classification) or RMSE in the data's units (regression):
+  local / local          the node's own model, trained on its data only
+  fedavg / global        FedAvg's single global model
+  fedavg / personalized  the global model after --finetune-steps local steps on the node
+  fedper / personalized  FedPer's shared body with the node's own head; FedPer has no global
+                         row, because its shared body is not a model without a head
+then a summary per column: wtd (mean weighted by test examples), mean and std over nodes,
+worst10 (mean of the worst 10% of nodes), and for personalized models >glob / >local, the
+share of nodes where it is strictly better than the global / the local model.
+files in --out: results.json (configuration, summaries, histories), per_node.csv (every
+node), run.json (status, times, package versions, device, git commit)."""
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedmtl", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="train one algorithm (plus the local baseline) and report")
-    run.add_argument("--algorithm", default="fedavg", help="fedavg, fedper or local")
-    cmp_ = sub.add_parser("compare", help="train several algorithms on the same data and seed")
+    parser.add_argument("--version", action="version", version=f"fedmtl {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, title="commands",
+                                metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser(
+        "run", help="train one algorithm beside the local baseline and report per node",
+        description="Train one algorithm and the local-only baseline on the same nodes and "
+        "seed, then report every node's test metric side by side.",
+        epilog=REPORT_HELP, formatter_class=raw)
+    run.add_argument("--algorithm", default="fedavg",
+                     help=f"one of {', '.join(algos.ALGORITHMS)} (default fedavg)")
+    cmp_ = sub.add_parser(
+        "compare", help="train several algorithms on the same nodes and seed, report per node",
+        description="Train several algorithms (and the local-only baseline) on the same "
+        "nodes with the same seed, then report every node's test metric side by side.",
+        epilog=REPORT_HELP, formatter_class=raw)
     cmp_.add_argument("--algorithms", default="local,fedavg,fedper",
                       help="comma-separated (default local,fedavg,fedper)")
     for p in (run, cmp_):
@@ -190,10 +325,21 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """An error as one line: its message, or for a bare OSError its reason and file."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
-        args = make_parser().parse_args(argv)
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # a newcomer's first call: say what there is
+            parser.print_help()
+            return 0
         if args.command == "run":
             return run_comparison([args.algorithm], args, console)
         if args.command == "compare":
@@ -205,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # say it in one line
-        print(f"fedmtl: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, FloatingPointError) as e:  # say it in one line
+        print(f"fedmtl: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedmtl: interrupted", file=sys.stderr)

@@ -28,6 +28,20 @@ _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
 EVAL_BATCH = 64  # test rows per evaluation step
 
 
+class DivergenceError(FloatingPointError):
+    """Training or evaluation produced NaN or infinite values; the message names the algorithm,
+    the round or the node. `state` and `history` hold the run up to the point it stopped."""
+
+    def __init__(self, message: str, *, state=None, history=None):
+        super().__init__(message)
+        self.state, self.history = state, history
+
+
+def _concat(history: list[dict]) -> dict[str, np.ndarray]:
+    """Chunks of per-round metrics [n] -> one array [rounds] per metric."""
+    return {k: np.concatenate([h[k] for h in history]) for k in history[0]} if history else {}
+
+
 class Federation(NamedTuple):
     """How the federation runs.
 
@@ -316,12 +330,20 @@ class Engine:
     def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
         """Runs `rounds` rounds (default: the federation's), `rounds_per_sync` per jitted scan.
 
+        After each fused chunk (the only host sync) the chunk's training losses are checked:
+        a non-finite one stops the run with `DivergenceError` naming the round, instead of
+        training on for hours and failing at evaluation.
+
         Args:
           callback: called as callback(round_done, metrics) after each fused chunk, with the
-            chunk's last round metrics as floats (this is the only host sync).
+            chunk's last round metrics as floats.
 
         Returns:
           (state, history): history maps each metric to a numpy array [rounds].
+
+        Raises:
+          DivergenceError: a round's training loss is NaN or infinite; the error carries the
+            state and history up to the end of that chunk.
         """
         rounds = self.federation.rounds if rounds is None else rounds
         chunk = self.federation.rounds_per_sync
@@ -330,13 +352,27 @@ class Engine:
             n = min(chunk, rounds - done)
             state, metrics = self._run(state, self.train, n)
             done += n
+            metrics = jax.device_get(metrics)
             history.append(metrics)
+            bad = np.flatnonzero(~np.isfinite(metrics["train_loss"]))
+            if bad.size:
+                round_ = int(state.round) - n + int(bad[0]) + 1
+                raise DivergenceError(self._divergence(state, round_), state=state,
+                                      history=_concat(history))
             if callback is not None:
                 callback(int(state.round), {k: float(v[-1]) for k, v in metrics.items()})
-        if not history:
-            return state, {}
-        history = jax.device_get(history)
-        return state, {k: np.concatenate([h[k] for h in history]) for k in history[0]}
+        return state, _concat(history)
+
+    def _divergence(self, state: EngineState, round_: int) -> str:
+        """What to tell a user whose training loss became non-finite in round `round_`."""
+        leaves = jax.device_get(jax.tree.leaves(state.nodes))
+        finite = [np.isfinite(leaf[: self.num_real].reshape(self.num_real, -1)).all(axis=1)
+                  for leaf in leaves]
+        broken = np.flatnonzero(~np.all(finite, axis=0)) if finite else np.array([], int)
+        where = (f"; {broken.size} node(s) hold non-finite personal state, first node "
+                 f"{self.data.names[broken[0]]!r}" if broken.size else "")
+        return (f"{self.algorithm.name}: training diverged: non-finite training loss in round "
+                f"{round_}{where}; lower the learning rate or scale the data")
 
     # ----- evaluation -----
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from fedmtl.algorithms import Algorithm
 from fedmtl.data import FederatedData
-from fedmtl.engine import Engine, Federation
+from fedmtl.engine import DivergenceError, Engine, Federation
+from fedmtl.models import check_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,17 +35,35 @@ class AlgorithmResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Failure:
+    """An algorithm that stopped early: its name, why (one line), and the wall time it used."""
+
+    name: str
+    error: str
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Comparison:
-    """Results of several algorithms on the same `data` under the same `federation`."""
+    """Results of several algorithms on the same `data` under the same `federation`.
+
+    Attributes:
+      results: the algorithms that finished, in the order they ran.
+      failures: the algorithms that diverged (their error says where), in the order they ran.
+    """
 
     data: FederatedData
     federation: Federation
     results: tuple[AlgorithmResult, ...]
+    failures: tuple[Failure, ...] = ()
 
     def result(self, name: str) -> AlgorithmResult:
         for r in self.results:
             if r.name == name:
                 return r
+        for f in self.failures:
+            if f.name == name:
+                raise KeyError(f"{name!r} failed: {f.error}")
         raise KeyError(f"no algorithm {name!r} in this comparison; have {self.names}")
 
     @property
@@ -68,18 +87,39 @@ def run_algorithm(
 
 def compare(
     algorithms: Sequence[Algorithm], data: FederatedData, federation: Federation,
-    callback: Callable[[str, int, dict], None] | None = None,
+    callback: Callable[[str, int, dict], None] | None = None, *,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[Comparison], None] | None = None,
 ) -> Comparison:
     """Runs each algorithm on the same data with the same federation (and so the same seed).
 
+    An algorithm that diverges (`DivergenceError`: a non-finite training loss, checked at
+    every host sync, or a non-finite test metric) is stopped and recorded in
+    `Comparison.failures`; the others still run. Any other error propagates.
+
     Args:
       callback: progress hook called as callback(algorithm name, round, metrics).
+      on_start: called with an algorithm's name before it is built and compiled.
+      on_done: called with the comparison so far each time an algorithm finishes or fails
+        (e.g. to write its results at once).
     """
     names = [a.name for a in algorithms]
     if len(set(names)) != len(names):
         raise ValueError(f"algorithm names must be distinct, got {names}")
-    results = []
+    for algo in algorithms:  # every model against the data before anything trains
+        check_model(algo.model, data)
+    comparison = Comparison(data, federation, ())
     for algo in algorithms:
+        if on_start is not None:
+            on_start(algo.name)
         hook = None if callback is None else (lambda r, m, n=algo.name: callback(n, r, m))
-        results.append(run_algorithm(algo, data, federation, hook))
-    return Comparison(data, federation, tuple(results))
+        start = time.perf_counter()
+        try:
+            done = {"results": (*comparison.results, run_algorithm(algo, data, federation, hook))}
+        except DivergenceError as e:
+            failure = Failure(algo.name, str(e), time.perf_counter() - start)
+            done = {"failures": (*comparison.failures, failure)}
+        comparison = dataclasses.replace(comparison, **done)
+        if on_done is not None:
+            on_done(comparison)
+    return comparison

@@ -1,16 +1,9 @@
-"""Reports: per-node global vs local vs personalized metrics, summaries, tables and files.
+"""Reports: per-node global vs local vs personalized metrics, summaries and tables.
 
 Each number says which model kind of which algorithm it measures on which split (test).
 """
 
 from __future__ import annotations
-
-import csv
-import io
-import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from rich import box
@@ -129,20 +122,32 @@ def summary_table(comparison: Comparison) -> Table:
     return table
 
 
+def shown_nodes(train_counts: np.ndarray, max_rows: int) -> np.ndarray:
+    """Which nodes a table of at most `max_rows` rows shows (-1: all, in order): otherwise
+    nodes evenly spaced from the smallest to the largest training set, smallest first, so
+    that a short table spans the federation rather than its first few nodes."""
+    n = len(train_counts)
+    if max_rows < 0 or max_rows >= n:
+        return np.arange(n)
+    by_size = np.argsort(train_counts, kind="stable")
+    return by_size[np.linspace(0, n - 1, max_rows).round().astype(int)] if max_rows else by_size[:0]
+
+
 def node_table(comparison: Comparison, max_rows: int = 10) -> Table:
     """Per-node primary metric, every algorithm and model kind side by side."""
     data, metric = comparison.data, primary_metric(comparison.data.task)
     cols = columns(comparison)
-    shown = min(max_rows, data.num_nodes) if max_rows >= 0 else data.num_nodes
+    nodes = shown_nodes(data.train.counts, max_rows)
     title = f"Test {metric} per node"
-    if shown < data.num_nodes:
-        title += f" (first {shown} of {data.num_nodes}; all in per_node.csv)"
+    if len(nodes) < data.num_nodes:
+        title += (f" ({len(nodes)} of {data.num_nodes}, smallest to largest training set; all "
+                  "in per_node.csv)")
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for col in ("node", "train", "test"):
         table.add_column(col, justify="left" if col == "node" else "right")
     for name, kind in cols:
         table.add_column(f"{name}\n{kind}", justify="right")
-    for k in range(shown):
+    for k in nodes:
         table.add_row(
             data.names[k], str(data.train.counts[k]), str(data.test.counts[k]),
             *[_fmt(comparison.result(n).per_node[kd][metric][k], metric) for n, kd in cols],
@@ -155,72 +160,3 @@ def print_report(comparison: Comparison, console: Console | None = None,
     console = console or Console()
     console.print(node_table(comparison, max_rows))
     console.print(summary_table(comparison))
-
-
-# ----- files -----
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _csv_number(value) -> str:
-    return f"{value:.6g}" if np.isfinite(value) else ""  # empty: the node has no test data
-
-
-def per_node_csv(comparison: Comparison) -> str:
-    data = comparison.data
-    metrics = METRICS[data.task]
-    cols = [(n, k, m) for n, k in columns(comparison) for m in metrics]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["node", "n_train", "n_test", *[f"{n}/{k}/{m}" for n, k, m in cols]])
-    for i in range(data.num_nodes):
-        writer.writerow([
-            data.names[i], int(data.train.counts[i]), int(data.test.counts[i]),
-            *[_csv_number(comparison.result(n).per_node[k][m][i]) for n, k, m in cols],
-        ])
-    return out.getvalue()
-
-
-def to_json(comparison: Comparison, extra: dict | None = None) -> dict:
-    fed = comparison.federation
-    return {
-        "data": {
-            "summary": comparison.data.summary(),
-            "task": comparison.data.task,
-            "num_nodes": comparison.data.num_nodes,
-        },
-        "federation": fed._asdict(),
-        "summary": summarize(comparison),
-        "algorithms": {
-            r.name: {
-                "seconds": r.seconds,
-                "real_share": r.real_share,
-                "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
-            }
-            for r in comparison.results
-        },
-        **(extra or {}),
-    }
-
-
-def write_results(comparison: Comparison, out_dir: Path, extra: dict | None = None) -> list[Path]:
-    """Writes results.json and per_node.csv into `out_dir`, each atomically."""
-    out_dir = Path(out_dir)
-    json_path, csv_path = out_dir / "results.json", out_dir / "per_node.csv"
-    atomic_write(json_path, json.dumps(to_json(comparison, extra), indent=2) + "\n")
-    atomic_write(csv_path, per_node_csv(comparison))
-    return [json_path, csv_path]

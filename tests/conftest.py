@@ -6,7 +6,12 @@ import tempfile
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+
+from fedmtl.data import FederatedData
+from fedmtl.engine import Federation
+from fedmtl.experiment import AlgorithmResult, Comparison
 
 # The shared data folder next to the repository root: <root>/../shared/data.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -19,6 +24,39 @@ def shared_data(monkeypatch) -> Path:
         pytest.skip(f"needs the non-shipped data files in {SHARED_DATA}")
     monkeypatch.setenv("FEDMTL_DATA", str(SHARED_DATA))
     return SHARED_DATA
+
+
+N = 20
+
+
+@pytest.fixture
+def comparison() -> Comparison:
+    """20 nodes with known test counts and hand-chosen per-node metrics (no training)."""
+    rng = np.random.default_rng(0)
+    test_counts = rng.integers(1, 12, N)
+    xs = [rng.normal(size=(5, 2)).astype(np.float32) for _ in range(N)]
+    ys = [np.arange(5, dtype=np.int32) % 3 for _ in range(N)]
+    txs = [rng.normal(size=(c, 2)).astype(np.float32) for c in test_counts]
+    tys = [np.arange(c, dtype=np.int32) % 3 for c in test_counts]
+    data = FederatedData.from_splits(xs, ys, txs, tys, num_classes=3)
+    grid = np.linspace(0.05, 1.0, N)
+    local = {"accuracy": rng.permutation(grid), "loss": rng.uniform(0.1, 2.0, N)}
+    glob = {"accuracy": rng.permutation(grid), "loss": rng.uniform(0.1, 2.0, N)}
+    pers = {"accuracy": local["accuracy"].copy(), "loss": local["loss"].copy()}
+    # personalized: better than local on nodes 0-6, tied on 7-9, worse on 10-19
+    pers["accuracy"][:7] += 0.01
+    pers["accuracy"][10:] -= 0.01
+    pers["loss"][:7] -= 0.01
+    pers["loss"][10:] += 0.01
+    fedper = {"accuracy": rng.permutation(grid), "loss": rng.uniform(0.1, 2.0, N)}
+    history = {"train_loss": np.array([1.0, 0.5]), "participants": np.array([N, N])}
+    results = (
+        AlgorithmResult("local", {"local": local}, history, 1.0, 1.0),
+        AlgorithmResult("fedavg", {"global": glob, "personalized": pers}, history, 2.0, 0.5),
+        AlgorithmResult("fedper", {"personalized": fedper}, history, 3.0, 0.5),
+    )
+    return Comparison(data, Federation(rounds=2), results)
+
 
 
 # Strict numpy semantics for every test (STYLE.md item 9): implicit rank promotion

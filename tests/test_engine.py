@@ -16,7 +16,7 @@ from flax import nnx
 
 from fedmtl import algorithms
 from fedmtl.data import FederatedData
-from fedmtl.engine import Engine, Federation
+from fedmtl.engine import DivergenceError, Engine, Federation
 from fedmtl.models import MLP
 from fedmtl.training import Schedule, node_round, node_steps
 
@@ -344,13 +344,20 @@ def test_engine_accepts_data_without_test_examples():
     assert all(np.isnan(v).all() for m in result.values() for v in m.values())
 
 
-def test_divergence_raises_naming_the_node():
-    names = ["a", "b", "c", "d", "e"]
-    engine = Engine(_algorithm("fedavg", lr=1e6), _data(names=names),
-                    BASE._replace(finetune_steps=0))
-    state, _ = engine.run(engine.init(), 2)
-    with pytest.raises(FloatingPointError, match=r"fedavg: global model .*non-finite.*node 'a'"):
-        engine.evaluate(state)
+@pytest.mark.parametrize("name, where", [
+    ("fedavg", ""), ("local", r"; \d node\(s\) hold non-finite personal state, first node '[a-e]'")
+])
+def test_divergence_stops_the_run_early_naming_the_round(name, where):
+    """A non-finite training loss stops the run at the next host sync, not after all rounds;
+    when nodes hold broken personal state, the first one is named."""
+    engine = Engine(_algorithm(name, lr=1e6), _data(names=["a", "b", "c", "d", "e"]),
+                    BASE._replace(finetune_steps=0, rounds_per_sync=2))
+    with pytest.raises(DivergenceError, match=rf"{name}: training diverged: non-finite "
+                       rf"training loss in round \d+.*{where}") as error:
+        engine.run(engine.init(), 40)
+    losses = error.value.history["train_loss"]
+    assert len(losses) < 40 and not np.isfinite(losses).all()
+    assert int(error.value.state.round) == len(losses)
 
 
 def test_non_finite_node_is_named():

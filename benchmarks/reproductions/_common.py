@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fedmtl.report import atomic_write
+from fedmtl.output import atomic_write
 
 
 def mean_se(values) -> tuple[float, float]:

@@ -21,7 +21,8 @@ from rich.console import Console
 from fedmtl import algorithms, models, synthetic
 from fedmtl.engine import Federation
 from fedmtl.experiment import compare
-from fedmtl.report import atomic_write, columns, print_report, summarize, write_results
+from fedmtl.output import atomic_write, write_results
+from fedmtl.report import columns, print_report, summarize
 
 PUBLISHED = "no per-node numbers (FedProx, Li et al. 2020, reports curves of global models only)"
 

@@ -1,0 +1,238 @@
+"""Results folders: checked before training, written as each algorithm finishes, never
+half-written, readable by colleagues, and enough to reproduce the run.
+
+A folder holds `results.json` (resolved configuration, summaries, histories: the same bytes for
+two runs of the same seed), `per_node.csv` (every node's test metrics) and `run.json` (status,
+timestamps, wall times, package versions, device, git commit). Until the run completes both
+JSON files say `"status": "in progress"`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from fedmtl.experiment import Comparison
+from fedmtl.objectives import METRICS
+from fedmtl.report import columns, summarize
+
+RESULTS, PER_NODE, RUN = "results.json", "per_node.csv", "run.json"
+PACKAGES = ("fedmtl", "jax", "jaxlib", "flax", "optax", "numpy", "rich")
+
+
+class OutputError(OSError):
+    """A results folder that cannot be created or written; the message names the path."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it and set it back
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: never half-written.
+
+    The file gets the mode a plain `open(path, "w")` would give (0666 less the umask), not
+    the temporary file's private 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(folder: Path) -> Path:
+    """Creates `folder` (and its parents) and probes a write there, before any training.
+
+    Raises:
+      OutputError: the folder is a file, lies under a file, or cannot be written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".fedmtl-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise OutputError(f"cannot write results to {str(folder)!r}: {why}; choose another "
+                          "folder with --out") from None
+    return folder
+
+
+# ----- contents -----
+
+
+def _csv_number(value) -> str:
+    return f"{value:.6g}" if np.isfinite(value) else ""  # empty: the node has no test data
+
+
+def per_node_csv(comparison: Comparison) -> str:
+    """One row per node: name, train and test counts, then every algorithm/kind/metric."""
+    data = comparison.data
+    metrics = METRICS[data.task]
+    cols = [(n, k, m) for n, k in columns(comparison) for m in metrics]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["node", "n_train", "n_test", *[f"{n}/{k}/{m}" for n, k, m in cols]])
+    for i in range(data.num_nodes):
+        writer.writerow([
+            data.names[i], int(data.train.counts[i]), int(data.test.counts[i]),
+            *[_csv_number(comparison.result(n).per_node[k][m][i]) for n, k, m in cols],
+        ])
+    return out.getvalue()
+
+
+def to_json(comparison: Comparison, config: dict | None = None,
+            status: str = "complete") -> dict:
+    """The deterministic part of a run: no times, no machine; equal seeds give equal files."""
+    data = comparison.data
+    algorithms = {
+        r.name: {
+            "status": "complete",
+            "real_share": r.real_share,
+            "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
+        }
+        for r in comparison.results
+    }
+    algorithms.update({f.name: {"status": "failed", "error": f.error}
+                       for f in comparison.failures})
+    return {
+        "status": status,
+        "config": config or {},
+        "data": {
+            "summary": data.summary(),
+            "task": data.task,
+            "num_nodes": data.num_nodes,
+            "num_classes": data.num_classes,
+            "feature_shape": list(data.feature_shape),
+        },
+        "federation": comparison.federation._asdict(),
+        "failed": {f.name: f.error for f in comparison.failures},
+        "summary": summarize(comparison) if comparison.results else [],
+        "algorithms": algorithms,
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the fedmtl source tree ("+dirty" if changed), when it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty.strip() else "")
+
+
+def environment() -> dict:
+    """Package versions, Python, platform, JAX backend and devices, and the git commit."""
+    import jax
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = jax.devices()
+    return {
+        "packages": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": [f"{d.platform}:{d.id} {d.device_kind}" for d in devices],
+        "git_commit": _git_commit(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----- the folder -----
+
+
+class ResultsFolder:
+    """A results folder that says what state its run is in.
+
+    `open` checks the folder can be written, removes an earlier run's result files (so a
+    killed run never leaves them looking valid) and marks the folder "in progress";
+    `update` rewrites the files with every algorithm finished so far; `close` marks the run
+    "complete" (or "interrupted" when it stopped early).
+
+    Example:
+      >>> folder = ResultsFolder.open("results", config={"rounds": 50})
+      >>> comparison = compare(algorithms, data, fed, on_done=folder.update)
+      >>> folder.close(comparison)
+    """
+
+    def __init__(self, path: Path, config: dict, run: dict):
+        self.path, self.config, self._run = Path(path), config, run
+        self._last: Comparison | None = None
+
+    @classmethod
+    def open(cls, path, config: dict | None = None, command: list[str] | None = None):
+        path = check_writable(Path(path))
+        for name in (RESULTS, PER_NODE, RUN):
+            (path / name).unlink(missing_ok=True)
+        run = {"status": "in progress", "started": _now(), "finished": None,
+               "command": command, "seconds": {}, "environment": environment()}
+        folder = cls(path, config or {}, run)
+        folder._write_run()
+        return folder
+
+    def _write_run(self) -> None:
+        atomic_write(self.path / RUN, json.dumps(self._run, indent=2) + "\n")
+
+    def update(self, comparison: Comparison, status: str = "in progress") -> list[Path]:
+        """Writes results.json and per_node.csv for what has finished; returns their paths."""
+        self._last = comparison
+        doc = to_json(comparison, self.config, status)
+        atomic_write(self.path / RESULTS, json.dumps(doc, indent=2) + "\n")
+        atomic_write(self.path / PER_NODE, per_node_csv(comparison))
+        self._run["seconds"] = {**{r.name: r.seconds for r in comparison.results},
+                                **{f.name: f.seconds for f in comparison.failures}}
+        self._run["status"] = status
+        self._write_run()
+        return [self.path / RESULTS, self.path / PER_NODE, self.path / RUN]
+
+    def close(self, comparison: Comparison | None = None, status: str = "complete"):
+        """Marks the run `status` ("complete", "interrupted", ...) with its final results
+        (default: what the last `update` wrote); returns the paths written."""
+        self._run["finished"] = _now()
+        comparison = comparison or self._last
+        if comparison is not None:
+            return self.update(comparison, status)
+        self._run["status"] = status
+        self._write_run()
+        return [self.path / RUN]
+
+
+def write_results(comparison: Comparison, out_dir, config: dict | None = None) -> list[Path]:
+    """Writes a finished comparison into `out_dir` in one go: results.json, per_node.csv and
+    run.json, each atomically."""
+    return ResultsFolder.open(out_dir, config).close(comparison)
