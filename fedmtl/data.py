@@ -186,6 +186,7 @@ class FederatedData:
         task: str | None = None,
         num_classes: int | None = None,
         names: Sequence[str] | None = None,
+        stratify: bool = False,
     ) -> FederatedData:
         """Builds from per-node arrays, splitting each node at random into train and test.
 
@@ -198,13 +199,23 @@ class FederatedData:
           * float y of whole numbers only (e.g. 0.0, 1.0, 2.0): ambiguous between class labels
             and integral targets (counts, cycles), so an error asks for `task`.
         Classification accepts integer, bool and whole-number float labels (stored as int32).
-        Other dtypes (strings, objects) are errors whatever the task.
+        Other dtypes (strings, objects) are errors whatever the task. Classification labels may
+        come as a column [n_k, 1] (stored as [n_k]), and binary labels as {-1, +1}: when every
+        label of every node is -1 or +1 (some -1) and `num_classes` is None or 2, -1 is stored
+        as class 0 and +1 as class 1.
 
         Args:
           xs, ys: N arrays; node k has xs[k] [n_k, *F] and ys[k] [n_k] (or [n_k, *Y]).
           test_fraction: share of each node's examples held out for testing (at least one
             example when positive; every node must keep at least one training example).
           seed: seed of the per-node random split.
+          stratify: split each node's examples class by class (classification only), so that
+            the node's test share of each class is close to `test_fraction` and every class
+            with at least 2 examples on the node has at least one in each split (a rare
+            class then reaches both the training and the test set). The node's test count is
+            the unstratified one, round(test_fraction · n_k) (at least 1), moved up or down
+            only as far as that guarantee needs. Deterministic by `seed`; without it a small
+            node may hold all its few positives in one split.
           task: "classification" or "regression"; inferred as above when None.
           num_classes: C; inferred as the largest label + 1 when None, which must then be at
             most `MAX_INFERRED_CLASSES`.
@@ -219,6 +230,9 @@ class FederatedData:
             raise FederatedDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
         who = [_who(k, names) for k in range(len(xs))]
         task, ys, num_classes = _targets(who, ys, task, num_classes)
+        if stratify and task != "classification":
+            raise FederatedDataError(f"stratify=True splits class by class, so it needs "
+                                     f"classification labels; this is {task}")
         rng = np.random.default_rng(seed)
         train, test = [], []
         for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
@@ -230,8 +244,12 @@ class FederatedData:
                     f"training example; give it more data or lower test_fraction"
                 )
             perm = rng.permutation(n)
-            test.append((x[perm[:n_test]], y[perm[:n_test]]))
-            train.append((x[perm[n_test:]], y[perm[n_test:]]))
+            if stratify and n_test:
+                test_rows, train_rows = _stratified(perm, y, n_test, num_classes)
+            else:
+                test_rows, train_rows = perm[:n_test], perm[n_test:]
+            test.append((x[test_rows], y[test_rows]))
+            train.append((x[train_rows], y[train_rows]))
         return cls(_stack(train), _stack(test), task, num_classes, names)
 
     @classmethod
@@ -297,6 +315,30 @@ class FederatedData:
                                          f"differs from the train split's {feature_shape}")
         return cls(_stack(list(zip(train_xs, ys[:n], strict=True))),
                    _stack(list(zip(test_xs, ys[n:], strict=True))), task, num_classes, names)
+
+
+def _stratified(perm: np.ndarray, y: np.ndarray, n_test: int, num_classes: int):
+    """(test rows, train rows) of one node, each in the random order `perm`, with the test
+    rows drawn class by class: class c gets about n_test · n_c / n of them (largest
+    remainders), at least one of each split when n_c >= 2 (n_test moves as far as needed)."""
+    n = len(y)
+    counts = np.bincount(y, minlength=num_classes)
+    lo = (counts >= 2).astype(np.int64)
+    hi = np.where(counts >= 2, counts - 1, counts)
+    n_test = int(np.clip(n_test, lo.sum(), hi.sum()))
+    quota = n_test * counts / n
+    alloc = np.clip(np.floor(quota).astype(np.int64), lo, hi)
+    while (rest := n_test - int(alloc.sum())) != 0:  # a few passes at most
+        room = alloc < hi if rest > 0 else alloc > lo
+        priority = np.where(room, (quota - alloc) * np.sign(rest), -np.inf)
+        alloc[np.argsort(-priority, kind="stable")[: min(abs(rest), int(room.sum()))]] += (
+            np.sign(rest))
+    order = perm[np.argsort(y[perm], kind="stable")]  # by class, randomly within a class
+    label = y[order]
+    rank = np.arange(n) - np.concatenate([[0], np.cumsum(counts)])[label]
+    is_test = np.zeros(n, bool)
+    is_test[order[rank < alloc[label]]] = True
+    return perm[is_test[perm]], perm[~is_test[perm]]
 
 
 def _stack(pairs, like: Split | None = None) -> Split:
@@ -412,8 +454,22 @@ def _targets(who: list[str], ys: list[np.ndarray], task, num_classes):
         raise FederatedDataError(f"task must be one of {TASKS}, got {task!r}")
     if task == "regression":
         return task, [y.astype(np.float32) for y in ys], None
+    ys = [y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y for y in ys]  # a column
+    ys = _signed_labels(ys, num_classes)
     num_classes = _check_labels(who, ys, num_classes)
     return task, [y.astype(np.int32) for y in ys], num_classes
+
+
+def _signed_labels(ys: list[np.ndarray], num_classes) -> list[np.ndarray]:
+    """Binary labels in {-1, +1} (every label, some -1) as {0, 1}; other labels unchanged."""
+    if num_classes not in (None, 2) or any(y.dtype.kind == "b" for y in ys):
+        return ys
+    filled = [y for y in ys if y.size]
+    if not filled or not all(np.isin(y, (-1, 1)).all() for y in filled):
+        return ys
+    if not any((y == -1).any() for y in filled):
+        return ys
+    return [(y == 1).astype(np.int32) for y in ys]
 
 
 def _infer_task(ys: list[np.ndarray]) -> str:
@@ -433,7 +489,8 @@ def _infer_task(ys: list[np.ndarray]) -> str:
 def _check_labels(who: list[str], ys: list[np.ndarray], num_classes) -> int:
     for w, y in zip(who, ys, strict=True):
         if y.ndim != 1:
-            raise FederatedDataError(f"{w}, field y: labels must be 1-D, got shape {y.shape}")
+            raise FederatedDataError(f"{w}, field y: labels must be 1-D (or one column [n, 1]), "
+                                     f"got shape {y.shape}")
         if y.dtype.kind == "f":
             frac = np.flatnonzero(y != np.round(y))
             if frac.size:

@@ -135,10 +135,15 @@ def check_model(model: Model, data: FederatedData) -> None:
 
 
 class LogisticRegression(nnx.Module):
-    """Multinomial logistic regression: one linear layer, named `head`."""
+    """Multinomial logistic regression: one linear layer, named `head`.
 
-    def __init__(self, in_features: int, num_outputs: int, *, rngs: nnx.Rngs):
-        self.head = nnx.Linear(in_features, num_outputs, rngs=rngs)
+    Args:
+      use_bias: False: a bias-free linear model x -> x W (the head holds only `kernel`).
+    """
+
+    def __init__(self, in_features: int, num_outputs: int, *, use_bias: bool = True,
+                 rngs: nnx.Rngs):
+        self.head = nnx.Linear(in_features, num_outputs, use_bias=use_bias, rngs=rngs)
 
     def __call__(self, x):
         return self.head(x.reshape(x.shape[0], -1))
@@ -184,17 +189,19 @@ class Conv1D(nnx.Module):
 
 def build(name: str, feature_shape: tuple[int, ...], num_outputs: int, *, seed: int = 0,
           hidden: Sequence[int] = (64,)) -> nnx.Module:
-    """A built-in model by name: "logreg", "mlp" or "conv1d"."""
+    """A built-in model by name: "logreg", "linear" (logistic regression without a bias),
+    "mlp" or "conv1d"."""
     rngs = nnx.Rngs(seed)
     in_features = 1
     for d in feature_shape:
         in_features *= d
-    if name == "logreg":
-        return LogisticRegression(in_features, num_outputs, rngs=rngs)
+    if name in ("logreg", "linear"):
+        return LogisticRegression(in_features, num_outputs, use_bias=name == "logreg",
+                                  rngs=rngs)
     if name == "mlp":
         return MLP(in_features, hidden, num_outputs, rngs=rngs)
     if name == "conv1d":
         if len(feature_shape) != 2:
             raise ValueError(f"conv1d needs features [T, C], got shape {feature_shape}")
         return Conv1D(feature_shape[1], num_outputs, rngs=rngs)
-    raise ValueError(f"unknown model {name!r}; expected one of: logreg, mlp, conv1d")
+    raise ValueError(f"unknown model {name!r}; expected one of: logreg, linear, mlp, conv1d")

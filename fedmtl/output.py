@@ -2,9 +2,10 @@
 half-written, readable by colleagues, and enough to reproduce the run.
 
 A folder holds `results.json` (resolved configuration, summaries, histories: the same bytes for
-two runs of the same seed), `per_node.csv` (every node's test metrics) and `run.json` (status,
-timestamps, wall times, package versions, device, git commit). Until the run completes both
-JSON files say `"status": "in progress"`.
+two runs of the same seed), `per_node.csv` (every node's test metrics; binary tasks add
+balanced accuracy and ROC AUC, an empty cell where a metric is undefined) and `run.json`
+(status, timestamps, wall times, package versions, device, git commit). Until the run completes
+both JSON files say `"status": "in progress"`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmtl.experiment import Comparison
-from fedmtl.objectives import METRICS
+from fedmtl.objectives import metrics as task_metrics
 from fedmtl.report import columns, summarize
 
 RESULTS, PER_NODE, RUN = "results.json", "per_node.csv", "run.json"
@@ -85,13 +86,15 @@ def check_writable(folder: Path) -> Path:
 
 
 def _csv_number(value) -> str:
-    return f"{value:.6g}" if np.isfinite(value) else ""  # empty: the node has no test data
+    # empty: the node has no test data, or the metric is undefined there (AUC, one test class)
+    return f"{value:.6g}" if np.isfinite(value) else ""
 
 
 def per_node_csv(comparison: Comparison) -> str:
-    """One row per node: name, train and test counts, then every algorithm/kind/metric."""
+    """One row per node: name, train and test counts, then every algorithm/kind/metric (the
+    metrics of `objectives.metrics(task, num_classes)`; empty where undefined)."""
     data = comparison.data
-    metrics = METRICS[data.task]
+    metrics = task_metrics(data.task, data.num_classes)
     cols = [(n, k, m) for n, k in columns(comparison) for m in metrics]
     out = io.StringIO()
     writer = csv.writer(out)
@@ -126,6 +129,7 @@ def to_json(comparison: Comparison, config: dict | None = None,
             "task": data.task,
             "num_nodes": data.num_nodes,
             "num_classes": data.num_classes,
+            "metrics": list(task_metrics(data.task, data.num_classes)),
             "feature_shape": list(data.feature_shape),
         },
         "federation": comparison.federation._asdict(),

@@ -1,6 +1,10 @@
 """Reports: per-node global vs local vs personalized metrics, summaries and tables.
 
 Each number says which model kind of which algorithm it measures on which split (test).
+Binary tasks (2 classes) also report balanced accuracy and ROC AUC: with rare positives,
+accuracy hardly differs from always predicting the majority class. A node's AUC is undefined
+(NaN, shown as "—") when its test set holds one class only; summaries leave such nodes out of
+that metric and count them (`undefined_nodes`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmtl.experiment import Comparison
-from fedmtl.objectives import HIGHER_IS_BETTER, METRICS
+from fedmtl.objectives import HIGHER_IS_BETTER, METRICS, metrics
 
 KIND_ORDER = ("global", "personalized", "local")
 
@@ -19,6 +23,14 @@ KIND_ORDER = ("global", "personalized", "local")
 def primary_metric(task: str) -> str:
     """accuracy for classification, RMSE for regression."""
     return METRICS[task][0]
+
+
+def headline_metrics(task: str, num_classes: int | None = None) -> tuple[str, ...]:
+    """The metrics the printed report summarizes: the primary one, and for binary tasks also
+    balanced accuracy and ROC AUC."""
+    if task == "classification" and num_classes == 2:
+        return ("accuracy", "balanced_accuracy", "auc")
+    return (primary_metric(task),)
 
 
 def columns(comparison: Comparison) -> list[tuple[str, str]]:
@@ -39,8 +51,13 @@ def local_baseline(comparison: Comparison, metric: str) -> np.ndarray | None:
     return None
 
 
-def _beats(a: np.ndarray, b: np.ndarray, metric: str) -> float:
-    better = a > b if HIGHER_IS_BETTER[metric] else a < b
+def _beats(a: np.ndarray, b: np.ndarray, metric: str) -> float | None:
+    """Share of nodes where `a` is strictly better than `b`, over the nodes where both are
+    defined (None when there is none)."""
+    both = np.isfinite(a) & np.isfinite(b)
+    if not both.any():
+        return None
+    better = a[both] > b[both] if HIGHER_IS_BETTER[metric] else a[both] < b[both]
     return float(np.mean(better))
 
 
@@ -50,33 +67,43 @@ def summarize(comparison: Comparison) -> list[dict]:
     Fields: algorithm, kind, metric, weighted_mean (weighted by test examples), node_mean,
     node_std, worst10 (mean over the worst 10% of nodes, at least one), and for personalized
     models beats_global / beats_local: share of nodes where it is strictly better. Nodes
-    without test examples are left out (`untested_nodes` says how many).
+    without test examples are left out (`untested_nodes` says how many), and so are, per
+    metric, tested nodes where it is undefined (NaN: the AUC of a node whose test set holds one
+    class; `undefined_nodes` says how many). The metrics are `objectives.metrics(task,
+    num_classes)`; a metric defined on no node has None for its means.
     """
     data = comparison.data
     tested = data.test.counts > 0  # nodes without test examples have no metric
     if not tested.any():
         raise ValueError("no node has test examples: nothing to summarize")
-    weights = data.test.counts[tested] / data.test.counts.sum()
-    worst_count = max(1, int(np.ceil(0.1 * tested.sum())))
     rows = []
-    for metric in METRICS[data.task]:
+    for metric in metrics(data.task, data.num_classes):
         local = local_baseline(comparison, metric)
         local = None if local is None else local[tested]
         for name, kind in columns(comparison):
             per_node = {k: {m: v[tested] for m, v in d.items()}
                         for k, d in comparison.result(name).per_node.items()}
             v = per_node[kind][metric]
-            ordered = np.sort(v)
-            worst = ordered[:worst_count] if HIGHER_IS_BETTER[metric] else ordered[-worst_count:]
+            defined = np.isfinite(v)
+            counts = data.test.counts[tested][defined]
             row = {
                 "algorithm": name, "kind": kind, "metric": metric,
-                "weighted_mean": float(np.sum(weights * v)),
-                "node_mean": float(np.mean(v)),
-                "node_std": float(np.std(v)),
-                "worst10": float(np.mean(worst)),
+                "weighted_mean": None, "node_mean": None, "node_std": None, "worst10": None,
                 "beats_global": None, "beats_local": None,
                 "untested_nodes": int((~tested).sum()),
+                "undefined_nodes": int((~defined).sum()),
             }
+            if defined.any():
+                ordered = np.sort(v[defined])
+                worst_count = max(1, int(np.ceil(0.1 * defined.sum())))
+                worst = (ordered[:worst_count] if HIGHER_IS_BETTER[metric]
+                         else ordered[-worst_count:])
+                row.update(
+                    weighted_mean=float(np.sum(counts / counts.sum() * v[defined])),
+                    node_mean=float(np.mean(v[defined])),
+                    node_std=float(np.std(v[defined])),
+                    worst10=float(np.mean(worst)),
+                )
             if kind == "personalized":
                 if "global" in per_node:
                     row["beats_global"] = _beats(v, per_node["global"][metric], metric)
@@ -89,31 +116,34 @@ def summarize(comparison: Comparison) -> list[dict]:
 def _fmt(value, metric: str | None = None) -> str:
     if value is None or not np.isfinite(value):
         return "—"
-    if metric in ("accuracy",):
+    if metric in ("accuracy", "balanced_accuracy"):
         return f"{100 * value:.1f}%"
     return f"{value:.4g}"
 
 
-def summary_table(comparison: Comparison) -> Table:
-    """Summary of the primary metric: one row per algorithm and model kind."""
-    metric = primary_metric(comparison.data.task)
+def summary_table(comparison: Comparison, metric: str | None = None, *,
+                  caption: bool = True) -> Table:
+    """Summary of one metric (default: the primary one): one row per algorithm and model kind;
+    `caption`: explain the columns below the table."""
+    metric = metric or primary_metric(comparison.data.task)
     direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    rows = [r for r in summarize(comparison) if r["metric"] == metric]
+    tested = int((comparison.data.test.counts > 0).sum())
+    undefined = max((r["undefined_nodes"] for r in rows), default=0)
+    over = (f"{tested - undefined} of {tested} nodes with test data ({undefined} with one "
+            "test class only: AUC undefined)" if undefined else f"{tested} nodes with test data")
     table = Table(
         box=box.SIMPLE_HEAD,
-        title=f"Test {metric} summary over {int((comparison.data.test.counts > 0).sum())} "
-        f"nodes with test data "
-        f"({direction} is better)",
+        title=f"Test {metric} summary over {over} ({direction} is better)",
         caption="wtd: mean weighted by test examples; mean, std: over nodes; worst10: mean of "
         "the worst 10% of nodes; >glob, >local: share of nodes where the personalized model "
-        "is strictly better than the global, the local-only one",
+        "is strictly better than the global, the local-only one" if caption else None,
     )
     for col in ("algorithm", "model", "wtd", "mean", "std", "worst10", ">glob", ">local"):
         table.add_column(col, justify="left" if col in ("algorithm", "model") else "right",
                          no_wrap=True)
     share = lambda s: "—" if s is None else f"{100 * s:.0f}%"
-    for row in summarize(comparison):
-        if row["metric"] != metric:
-            continue
+    for row in rows:
         table.add_row(
             row["algorithm"], row["kind"], _fmt(row["weighted_mean"], metric),
             _fmt(row["node_mean"], metric), _fmt(row["node_std"], metric),
@@ -133,9 +163,10 @@ def shown_nodes(train_counts: np.ndarray, max_rows: int) -> np.ndarray:
     return by_size[np.linspace(0, n - 1, max_rows).round().astype(int)] if max_rows else by_size[:0]
 
 
-def node_table(comparison: Comparison, max_rows: int = 10) -> Table:
-    """Per-node primary metric, every algorithm and model kind side by side."""
-    data, metric = comparison.data, primary_metric(comparison.data.task)
+def node_table(comparison: Comparison, max_rows: int = 10, metric: str | None = None) -> Table:
+    """Per-node metric (default: the primary one), every algorithm and model kind side by side;
+    "—" where it is undefined (no test data; AUC: one test class only)."""
+    data, metric = comparison.data, metric or primary_metric(comparison.data.task)
     cols = columns(comparison)
     nodes = shown_nodes(data.train.counts, max_rows)
     title = f"Test {metric} per node"
@@ -157,6 +188,12 @@ def node_table(comparison: Comparison, max_rows: int = 10) -> Table:
 
 def print_report(comparison: Comparison, console: Console | None = None,
                  max_rows: int = 10) -> None:
+    """Per-node tables (the primary metric; binary tasks also AUC), then a summary table of each
+    headline metric (`headline_metrics`)."""
     console = console or Console()
-    console.print(node_table(comparison, max_rows))
-    console.print(summary_table(comparison))
+    data = comparison.data
+    shown = headline_metrics(data.task, data.num_classes)
+    for metric in dict.fromkeys((shown[0], shown[-1])):
+        console.print(node_table(comparison, max_rows, metric))
+    for metric in shown:  # one caption, below the last table
+        console.print(summary_table(comparison, metric, caption=metric == shown[-1]))

@@ -91,6 +91,50 @@ def test_fractional_float_labels_for_classification_name_node_and_row():
             task="classification")
 
 
+def test_signed_binary_labels_are_stored_as_0_1():
+    xs, ys = _nodes(classes=2)
+    signed = [2 * y - 1 for y in ys]  # {-1, +1}
+    ref = FederatedData.from_nodes(xs, ys)
+    for labels, kwargs in ((signed, {}), (signed, {"num_classes": 2}),
+                           ([y.astype(np.float64) for y in signed], {"task": "classification"})):
+        data = FederatedData.from_nodes(xs, labels, **kwargs)
+        assert data.num_classes == 2 and data.train.y.dtype == np.int32
+        np.testing.assert_array_equal(data.train.y, ref.train.y)
+        np.testing.assert_array_equal(data.test.y, ref.test.y)
+    # over both splits of from_splits: a split with +1 only still maps with the other's -1
+    data = FederatedData.from_splits(xs, signed, xs, [np.ones(len(y), int) for y in ys])
+    np.testing.assert_array_equal(data.train.y, np.concatenate(ys))
+    assert (data.test.y == 1).all()
+
+
+def test_labels_beyond_signed_binary_stay_named_errors():
+    xs, ys = _nodes(classes=2)
+    signed = [2 * y - 1 for y in ys]
+    signed[1][0] = 0  # {-1, 0, +1}: not binary signed labels
+    _raises(r"node 0, field y: label -1 in row \d+ out of range \[0, 2\)", xs, signed)
+    signed = [2 * y - 1 for y in ys]
+    _raises(r"label -1 in row \d+ out of range \[0, 3\)", xs, signed, num_classes=3)
+    _raises(r"whole number stored as float64", xs, [y.astype(np.float64) for y in signed])
+
+
+def test_a_label_column_is_squeezed():
+    xs, ys = _nodes()
+    data = FederatedData.from_nodes(xs, [y[:, None] for y in ys])
+    ref = FederatedData.from_nodes(xs, ys)
+    assert data.train.y.shape == ref.train.y.shape == (len(ref.train.y),)
+    np.testing.assert_array_equal(data.train.y, ref.train.y)
+    signed = 2 * (np.arange(19) % 2) - 1  # a {-1, +1} column, flat
+    data = FederatedData.from_flat(np.concatenate(xs), signed[:, None],
+                                   np.repeat([0, 1, 2], [6, 9, 4]))
+    assert data.num_classes == 2 and data.train.y.ndim == 1
+    assert sorted(np.concatenate([data.train.y, data.test.y]).tolist()) == [0] * 10 + [1] * 9
+    ys[1] = np.stack([ys[1], ys[1]], axis=1)
+    _raises(r"node 1, field y: labels must be 1-D \(or one column \[n, 1\]\), got shape "
+            r"\(9, 2\)", xs, ys, task="classification")
+    regression = FederatedData.from_nodes(xs[:1], [np.linspace(0, 1, 6)[:, None] + 0.1])
+    assert regression.train.y.shape[1:] == (1,)  # regression targets keep their shape
+
+
 def test_zero_nodes():
     _raises("no nodes", [], [])
     with pytest.raises(FederatedDataError, match="no nodes"):
@@ -335,6 +379,61 @@ def test_split_is_seeded():
         np.testing.assert_array_equal(getattr(a, s).y, getattr(b, s).y)
     test_ids = lambda d: [set(d.test.node(k)[0][:, 0].tolist()) for k in range(3)]
     assert test_ids(a) != test_ids(c)
+
+
+def _binary_nodes(sizes, positives, seed=0):
+    rng = np.random.default_rng(seed)
+    xs, ys, start = [], [], 0
+    for n, p in zip(sizes, positives, strict=True):
+        xs.append(np.column_stack([np.arange(start, start + n), rng.normal(size=n)]))
+        start += n
+        ys.append(rng.permutation(np.repeat([0, 1], [n - p, p])))
+    return xs, ys
+
+
+def test_stratified_split_puts_rare_positives_in_both_splits():
+    sizes, positives = (40, 12, 9, 30, 3, 8), (2, 2, 3, 1, 2, 0)
+    xs, ys = _binary_nodes(sizes, positives)
+    plain = FederatedData.from_nodes(xs, ys, seed=0)
+    data = FederatedData.from_nodes(xs, ys, seed=0, stratify=True)
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        got = _rows(data.train, k) + _rows(data.test, k)
+        assert sorted(got) == sorted(zip(map(tuple, x.astype(np.float32).tolist()), y.tolist(),
+                                         strict=True))
+        train_pos = int(data.train.node(k)[1].sum())
+        test_pos = int(data.test.node(k)[1].sum())
+        if positives[k] >= 2:
+            assert train_pos >= 1 and test_pos >= 1, k
+        assert data.test.counts[k] == plain.test.counts[k]  # the same test count per node
+    # node 0: 40 rows, 10 test; 2 positives: one each way (unstratified: both could miss test)
+    assert int(data.test.node(0)[1].sum()) == 1
+    # node 3: a lone positive trains; node 4: 3 rows, 1 test, 2 positives: 1 + 1
+    assert int(data.train.node(3)[1].sum()) == 1
+    assert (int(data.train.node(4)[1].sum()), int(data.test.node(4)[1].sum())) == (1, 1)
+
+
+def test_stratified_split_is_seeded_and_proportional():
+    xs, ys = _binary_nodes((100, 60), (20, 30))
+    test_ids = lambda d: [sorted(d.test.node(k)[0][:, 0].tolist()) for k in range(2)]
+    a = FederatedData.from_nodes(xs, ys, seed=1, stratify=True)
+    b = FederatedData.from_nodes(xs, ys, seed=1, stratify=True)
+    c = FederatedData.from_nodes(xs, ys, seed=2, stratify=True)
+    assert test_ids(a) == test_ids(b) and test_ids(a) != test_ids(c)
+    np.testing.assert_array_equal(a.test.y, b.test.y)
+    # 25% of 20 positives; node 1 tests 15 of 30 + 30: 7.5 each, the tie goes to class 0
+    assert [int(a.test.node(k)[1].sum()) for k in range(2)] == [5, 7]
+    assert a.test.counts.tolist() == [25, 15]
+    # from_flat passes it on
+    flat = FederatedData.from_flat(np.concatenate(xs), np.concatenate(ys),
+                                   np.repeat([0, 1], [100, 60]), seed=1, stratify=True)
+    assert test_ids(flat) == test_ids(a)
+
+
+def test_stratify_needs_classification():
+    xs, _ = _nodes()
+    targets = [np.linspace(0.5, 1.5, len(x)) for x in xs]
+    _raises("stratify=True .* needs classification labels; this is regression", xs, targets,
+            stratify=True)
 
 
 def test_padded_masks():

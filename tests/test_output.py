@@ -7,9 +7,13 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from fedmtl import cli, output
+from fedmtl.data import FederatedData
+from fedmtl.engine import Federation
+from fedmtl.experiment import AlgorithmResult, Comparison
 
 # The tiny problem of test_report_cli.py: equal programs compile once per test session.
 TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4"]
@@ -212,3 +216,35 @@ def test_same_seed_writes_identical_result_files(tmp_path):
     for name in ("results.json", "per_node.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert "seconds" not in (tmp_path / "a" / "results.json").read_text()
+
+
+# ----- binary tasks: balanced accuracy and AUC in the files, undefined AUC as an empty cell ----
+
+
+def test_binary_results_list_auc_and_leave_undefined_cells_empty(tmp_path):
+    """3 binary nodes: node 1 tests negatives only (AUC undefined), node 2 has no test rows."""
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(4, 2)).astype(np.float32) for _ in range(3)]
+    ys = [np.array([0, 1, 0, 1]) for _ in range(3)]
+    tys = [np.array([0, 1, 1]), np.array([0, 0]), np.array([], int)]
+    data = FederatedData.from_splits(xs, ys, [x[: len(y)] for x, y in zip(xs, tys, strict=True)],
+                                     tys, num_classes=2)
+    per_node = {"accuracy": np.array([2 / 3, 0.5, np.nan]),
+                "balanced_accuracy": np.array([0.75, 0.5, np.nan]),
+                "auc": np.array([0.5, np.nan, np.nan]), "loss": np.array([0.6, 0.7, np.nan])}
+    history = {"train_loss": np.array([1.0]), "participants": np.array([3])}
+    comparison = Comparison(data, Federation(rounds=1), (
+        AlgorithmResult("local", {"local": per_node}, history, 1.0, 1.0),))
+    output.write_results(comparison, tmp_path)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "per_node.csv").read_text())))
+    assert list(rows[0]) == ["node", "n_train", "n_test", "local/local/accuracy",
+                             "local/local/balanced_accuracy", "local/local/auc",
+                             "local/local/loss"]
+    assert [r["local/local/auc"] for r in rows] == ["0.5", "", ""]
+    assert [r["local/local/balanced_accuracy"] for r in rows] == ["0.75", "0.5", ""]
+    text = (tmp_path / "results.json").read_text()
+    doc = json.loads(text)
+    json.dumps(doc, allow_nan=False)  # no NaN in the summaries: strict JSON readers cope
+    assert doc["data"]["metrics"] == ["accuracy", "balanced_accuracy", "auc", "loss"]
+    (auc,) = [r for r in doc["summary"] if r["metric"] == "auc"]
+    assert auc["node_mean"] == 0.5 and auc["undefined_nodes"] == 1 and auc["untested_nodes"] == 1

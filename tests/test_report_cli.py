@@ -7,9 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import fedmtl
 from fedmtl import cli, report
+from fedmtl.data import FederatedData
+from fedmtl.engine import Federation
 from fedmtl.experiment import AlgorithmResult, Comparison
 
 
@@ -65,6 +68,96 @@ def test_worst10_takes_at_least_one_node(comparison):
     ))
     acc = small.result("local").per_node["local"]["accuracy"]
     assert _row(report.summarize(small), "local", "local", "accuracy")["worst10"] == acc.min()
+
+
+# ----- binary tasks: balanced accuracy and AUC, undefined AUC left out per metric -----
+
+NAN = np.nan
+
+
+def binary_comparison() -> Comparison:
+    """6 binary nodes with hand-chosen metrics: node 2 tests negatives only (AUC undefined),
+    node 5 has no test example (every metric NaN)."""
+    rng = np.random.default_rng(1)
+    test_counts = (4, 5, 3, 6, 2, 0)
+    xs = [rng.normal(size=(6, 2)).astype(np.float32) for _ in test_counts]
+    ys = [np.arange(6, dtype=np.int32) % 2 for _ in test_counts]
+    txs = [rng.normal(size=(c, 2)).astype(np.float32) for c in test_counts]
+    tys = [np.arange(c, dtype=np.int32) % 2 for c in test_counts]
+    tys[2] = np.zeros(3, np.int32)
+    data = FederatedData.from_splits(xs, ys, txs, tys, num_classes=2)
+
+    def metrics(accuracy, balanced, auc, loss):
+        return {"accuracy": np.array(accuracy), "balanced_accuracy": np.array(balanced),
+                "auc": np.array(auc), "loss": np.array(loss)}
+
+    local = metrics([0.75, 0.6, 1.0, 0.5, 0.5, NAN], [0.75, 0.5, 1.0, 0.5, 0.5, NAN],
+                    [0.75, 0.5, NAN, 0.25, 1.0, NAN], [0.5, 0.7, 0.1, 0.9, 0.6, NAN])
+    glob = metrics([0.5, 0.6, 1.0, 0.5, 0.5, NAN], [0.5, 0.5, 1.0, 0.5, 0.5, NAN],
+                   [0.5, 0.6, NAN, 0.5, 0.0, NAN], [0.6, 0.7, 0.2, 0.8, 0.7, NAN])
+    pers = metrics([0.75, 0.8, 1.0, 0.5, 0.5, NAN], [0.75, 0.75, 1.0, 0.5, 0.5, NAN],
+                   [1.0, 0.5, NAN, 0.75, 0.5, NAN], [0.4, 0.6, 0.2, 0.8, 0.6, NAN])
+    history = {"train_loss": np.array([1.0, 0.5]), "participants": np.array([6, 6])}
+    results = (
+        AlgorithmResult("local", {"local": local}, history, 1.0, 1.0),
+        AlgorithmResult("fedavg", {"global": glob, "personalized": pers}, history, 2.0, 0.5),
+    )
+    return Comparison(data, Federation(rounds=2), results)
+
+
+def test_summaries_of_a_binary_task_skip_undefined_auc():
+    comp = binary_comparison()
+    rows = report.summarize(comp)
+    assert len(rows) == 4 * 3  # (accuracy, balanced accuracy, AUC, loss) x 3 columns
+    counts = comp.data.test.counts
+    for name, kind in report.columns(comp):
+        for metric in ("accuracy", "balanced_accuracy", "auc", "loss"):
+            row = _row(rows, name, kind, metric)
+            v = comp.result(name).per_node[kind][metric]
+            ok = np.isfinite(v)  # AUC: nodes 0, 1, 3, 4; the others: nodes 0-4
+            assert row["untested_nodes"] == 1
+            assert row["undefined_nodes"] == (1 if metric == "auc" else 0)
+            w = counts[ok] / counts[ok].sum()
+            assert row["weighted_mean"] == pytest.approx(float(np.sum(w * v[ok])), rel=1e-12)
+            assert row["node_mean"] == pytest.approx(float(np.mean(v[ok])), rel=1e-12)
+            assert row["node_std"] == pytest.approx(float(np.std(v[ok])), rel=1e-12)
+            worst = v[ok].max() if metric == "loss" else v[ok].min()
+            assert row["worst10"] == worst  # at least one node: the worst
+    auc = _row(rows, "fedavg", "personalized", "auc")
+    assert auc["node_mean"] == pytest.approx((1.0 + 0.5 + 0.75 + 0.5) / 4)
+    assert auc["beats_global"] == pytest.approx(3 / 4)  # nodes 0, 3, 4 of the 4 defined
+    assert auc["beats_local"] == pytest.approx(2 / 4)  # nodes 0 and 3
+    assert _row(rows, "fedavg", "personalized", "balanced_accuracy")["beats_local"] == 1 / 5
+
+
+def test_a_metric_defined_nowhere_summarizes_to_none():
+    comp = binary_comparison()
+    for result in comp.results:
+        for metrics in result.per_node.values():
+            metrics["auc"][:] = NAN
+    row = _row(report.summarize(comp), "fedavg", "personalized", "auc")
+    assert row["undefined_nodes"] == 5 and row["beats_global"] is None
+    assert row["weighted_mean"] is row["node_mean"] is row["worst10"] is None
+    report.summary_table(comp, "auc")  # renders "—"
+
+
+def test_report_of_a_binary_task_shows_balanced_accuracy_and_auc():
+    comp = binary_comparison()
+    assert report.headline_metrics("classification", 2) == ("accuracy", "balanced_accuracy",
+                                                            "auc")
+    assert report.headline_metrics("classification", 3) == ("accuracy",)
+    assert report.primary_metric("classification") == "accuracy"
+    console = Console(record=True, width=200)
+    report.print_report(comp, console)
+    text = " ".join(console.export_text().split())
+    for words in ("Test accuracy per node", "Test auc per node",
+                  "Test balanced_accuracy summary over 5 nodes with test data",
+                  "Test auc summary over 4 of 5 nodes with test data (1 with one test class "
+                  "only: AUC undefined) (higher is better)",
+                  "62.5%"):  # local's balanced accuracy weighted by test examples
+        assert words in text, words
+    node_auc = report.node_table(comp, -1, "auc")
+    assert list(node_auc.columns[3]._cells) == ["0.75", "0.5", "—", "0.25", "1", "—"]
 
 
 # ----- CLI -----
