@@ -5,19 +5,30 @@ server_update → evaluation (global vs local vs personalized, per node) → rep
 """
 
 from fedmtl.aggregation import weighted_mean
-from fedmtl.algorithms import Algorithm, AlgorithmError, fedavg, fedper, local
+from fedmtl.algorithms import (
+    Algorithm,
+    AlgorithmError,
+    PerNode,
+    ditto,
+    fedavg,
+    fedper,
+    graph_mtl,
+    local,
+    mocha,
+)
 from fedmtl.data import FederatedData, FederatedDataError
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
 from fedmtl.experiment import AlgorithmResult, Comparison, Failure, compare, run_algorithm
 from fedmtl.models import MLP, Conv1D, LogisticRegression, Model, ModelDataMismatch
 from fedmtl.output import ResultsFolder, write_results
-from fedmtl.synthetic import synthetic
+from fedmtl.synthetic import planted_groups, synthetic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison", "Conv1D",
     "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData", "FederatedDataError",
-    "Federation", "LogisticRegression", "Model", "ModelDataMismatch", "ResultsFolder", "compare",
-    "fedavg", "fedper", "local", "run_algorithm", "synthetic", "weighted_mean", "write_results",
+    "Federation", "LogisticRegression", "Model", "ModelDataMismatch", "PerNode", "ResultsFolder",
+    "compare", "ditto", "fedavg", "fedper", "graph_mtl", "local", "mocha", "planted_groups",
+    "run_algorithm", "synthetic", "weighted_mean", "write_results",
 ]

@@ -24,9 +24,9 @@ from fedmtl import algorithms as algos
 from fedmtl.data import FederatedData
 from fedmtl.engine import Federation
 from fedmtl.experiment import compare
-from fedmtl.objectives import HIGHER_IS_BETTER
+from fedmtl.objectives import HIGHER_IS_BETTER, balanced_class_weights
 from fedmtl.output import ResultsFolder, check_writable
-from fedmtl.report import primary_metric, print_report, summarize
+from fedmtl.report import headline_metrics, print_report, summarize
 
 DEFAULT_ROUNDS = 50
 # Learning rates that train every data set at the other defaults: turbofan's end-of-life
@@ -86,9 +86,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--model", default="mlp", choices=("mlp", "logreg", "conv1d"),
+    g.add_argument("--model", default="mlp", choices=("mlp", "logreg", "linear", "conv1d"),
                    help="built-in model; the MLP's output layer is its 'head' (default mlp); "
-                   "logreg is a head alone, so use it with local and fedavg only")
+                   "logreg is a head alone (linear: logreg without a bias), so use them with "
+                   "local, fedavg, ditto and mocha, not fedper")
     g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=[64],
                    help="MLP hidden sizes (default 64)")
     g.add_argument("--rounds", type=bounded(int, minimum=0), default=DEFAULT_ROUNDS,
@@ -105,6 +106,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
                    help="local steps that personalize a global model before testing "
                    "(default 5; 0 disables)")
+    g.add_argument("--class-weights", choices=("none", "balanced"), default="none",
+                   help="weigh the training loss by class: balanced = n / (C n_c) over all "
+                   "train rows, for rare classes (default none)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
 
 
@@ -153,6 +157,10 @@ def build_algorithms(names: list[str], data: FederatedData, args) -> list[algos.
         module = models.build(args.model, data.feature_shape, outputs, seed=args.seed,
                               hidden=args.hidden)
         kwargs = {"local_optimizer": args.lr}
+        if args.class_weights == "balanced":
+            if data.task != "classification":
+                raise CliError("--class-weights balanced needs a classification task")
+            kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
         if name != "local":
             kwargs["server_optimizer"] = args.server_lr
         result.append(algos.ALGORITHMS[name](module, **kwargs))
@@ -201,15 +209,17 @@ def progress_bars(console: Console) -> Progress:
 def takeaway(comparison) -> str | None:
     """One line on what the reader should notice: where personalization beats the global and
     the local model, from this run's own numbers."""
-    metric = primary_metric(comparison.data.task)
-    rows = [r for r in summarize(comparison) if r["metric"] == metric]
+    data = comparison.data
+    metric = headline_metrics(data.task, data.num_classes)[-1]  # AUC for binary tasks
+    rows = [r for r in summarize(comparison)
+            if r["metric"] == metric and r["node_mean"] is not None]
     personalized = [r for r in rows if r["kind"] == "personalized"]
     glob = [r for r in rows if r["kind"] == "global"]
     local = [r for r in rows if r["kind"] == "local"]
     if not personalized or not local:
         return None
     best = max(personalized, key=lambda r: r["node_mean"] * (1 if HIGHER_IS_BETTER[metric] else -1))
-    show = lambda v: f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.4g}"
+    show = lambda v: f"{100 * v:.1f}%" if metric.endswith("accuracy") else f"{v:.4g}"
     parts = [f"each node's own local model {show(local[0]['node_mean'])}"]
     parts += [f"{r['algorithm']}'s global model {show(r['node_mean'])} (its worst 10% of nodes "
               f"{show(r['worst10'])})" for r in glob]
@@ -285,6 +295,10 @@ accuracy (classification) or RMSE in the data's units (regression):
   fedavg / personalized  the global model after --finetune-steps local steps on the node
   fedper / personalized  FedPer's shared body with the node's own head; FedPer has no global
                          row, because its shared body is not a model without a head
+  mocha / personalized   MOCHA: shared body, own head coupled to the others' by a learned
+                         task relationship (no global row either)
+  ditto / global         Ditto's global model (FedAvg); ditto / personalized: the node's own
+                         model, trained with a pull toward the global one
 then a summary per column: wtd (mean weighted by test examples), mean and std over nodes,
 worst10 (mean of the worst 10% of nodes), and for personalized models >glob / >local, the
 share of nodes where it is strictly better than the global / the local model.
@@ -311,7 +325,8 @@ def make_parser() -> argparse.ArgumentParser:
         "nodes with the same seed, then report every node's test metric side by side.",
         epilog=REPORT_HELP, formatter_class=raw)
     cmp_.add_argument("--algorithms", default="local,fedavg,fedper",
-                      help="comma-separated (default local,fedavg,fedper)")
+                      help="comma-separated, from " + ", ".join(algos.ALGORITHMS)
+                      + " (default local,fedavg,fedper)")
     for p in (run, cmp_):
         add_data_arguments(p)
         add_training_arguments(p)

@@ -18,10 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedmtl import lanes as lanes_lib
-from fedmtl.algorithms import Algorithm
+from fedmtl.algorithms import Algorithm, for_node
 from fedmtl.data import FederatedData, Split
 from fedmtl.models import check_model
-from fedmtl.objectives import finish_metrics, metric_sums
+from fedmtl.objectives import (
+    binary_scores,
+    finish_metrics,
+    metric_sums,
+    metrics,
+    node_auc,
+)
 from fedmtl.training import Batch, Schedule, batch_rows, epoch_orders, steps_per_epoch
 
 _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
@@ -224,7 +230,8 @@ class Engine:
     def _init_state(self) -> EngineState:
         k_server, k_nodes = jax.random.split(self._key(_INIT))
         nodes = jax.vmap(self.algorithm.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
-        return EngineState(self.algorithm.init(k_server), nodes, jnp.zeros((), jnp.int32))
+        server = self.algorithm.init(k_server, self.num_nodes)
+        return EngineState(server, nodes, jnp.zeros((), jnp.int32))
 
     # ----- lanes -----
 
@@ -297,17 +304,16 @@ class Engine:
         n = tr.counts[ids]
         steps = fed.local_epochs * steps_per_epoch(n, fed.batch_size)
 
-        start = lambda node: algo.start(broadcast, _gather(state.nodes, node))
+        start = lambda node: algo.start(for_node(broadcast, node), _gather(state.nodes, node))
+        finish_node = lambda nodes, node, train_state: algo.finish(
+            for_node(broadcast, node), _gather(nodes, node), train_state)
         upload_shape = jax.eval_shape(
-            lambda node: algo.finish(broadcast, _gather(state.nodes, node), start(node))[0],
-            ids[0],
+            lambda node: finish_node(state.nodes, node, start(node))[0], ids[0]
         )
 
         def finish(out, node, slot, states, done):
             nodes, uploads = out
-            upload, new = jax.vmap(algo.finish, in_axes=(None, 0, 0))(
-                broadcast, _gather(nodes, node), states
-            )
+            upload, new = jax.vmap(finish_node, in_axes=(None, 0, 0))(nodes, node, states)
             nodes = _scatter(nodes, jnp.where(done, node, self.num_nodes), new)
             uploads = _scatter(uploads, jnp.where(done, slot, self.cohort), upload)
             return nodes, uploads
@@ -317,7 +323,7 @@ class Engine:
             tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs
         )
         weights = n.astype(jnp.float32)
-        server = algo.server_update(state.server, uploads, weights)
+        server = algo.server_update(state.server, uploads, weights, ids)
         metrics = {
             "train_loss": loss / jnp.maximum(seen, 1.0),
             "participants": jnp.sum(weights > 0),
@@ -380,8 +386,10 @@ class Engine:
         """{kind: (shared, personal)} of every node, leaves [N, ...]; a global model is also
         fine-tuned into "personalized" when `finetune_steps` > 0."""
         algo, fed = self.algorithm, self.federation
-        kinds = jax.vmap(algo.models, in_axes=(None, 0), axis_size=self.num_nodes)(
-            algo.broadcast(state.server), state.nodes
+        broadcast = algo.broadcast(state.server)
+        kinds = jax.vmap(lambda node, node_state: algo.models(for_node(broadcast, node),
+                                                               node_state))(
+            jnp.arange(self.num_nodes), state.nodes
         )
         if fed.finetune_steps and algo.finetune and "global" in kinds:
             tune = algo.finetune
@@ -407,30 +415,40 @@ class Engine:
             jnp.ones(EVAL_BATCH, bool),
         ))
         zeros = {kind: _zeros(shapes, self.eval_lanes) for kind in kinds}
+        # binary tasks: each test row's score s1 - s0 [R] per kind, for the host's exact AUC
+        binary = task == "classification" and self.data.num_classes == 2
+        total = te.x.shape[0]
+
+        def evaluate_batch(p, x, y, m):
+            outputs = apply(*p, x)
+            return metric_sums(task, outputs, y, m), binary_scores(outputs) if binary else None
 
         def body(carry, pos: lanes_lib.Position):
-            sums, out = carry
+            sums, out, scores = carry
             node = pos.slot
             rows, mask = jax.vmap(batch_rows, in_axes=(None, 0, 0, 0, None))(
-                jnp.arange(te.x.shape[0]), te.offsets[node], te.counts[node], pos.step,
-                EVAL_BATCH,
+                jnp.arange(total), te.offsets[node], te.counts[node], pos.step, EVAL_BATCH,
             )
             mask = mask & pos.active[:, None]
             done = jnp.where(pos.active & pos.last, node, self.num_nodes)
             for kind, params in kinds.items():
-                new = jax.vmap(lambda p, x, y, m: metric_sums(task, apply(*p, x), y, m))(
+                new, score = jax.vmap(evaluate_batch)(
                     _gather(params, node), te.x[rows], te.y[rows], mask
                 )
                 kept = _select(pos.first, zeros[kind], sums[kind])
                 sums[kind] = jax.tree.map(jnp.add, kept, new)
                 out[kind] = _scatter(out[kind], done, sums[kind])
-            return sums, out
+                if binary:  # padding rows write nowhere (index `total` is dropped)
+                    scores[kind] = scores[kind].at[jnp.where(mask, rows, total)].set(
+                        score, mode="drop")
+            return sums, out, scores
 
         steps = steps_per_epoch(te.counts, EVAL_BATCH)
         out = {kind: _zeros(shapes, self.num_nodes) for kind in kinds}
+        scores = {kind: jnp.zeros(total) for kind in kinds} if binary else {}
         lanes = lanes_lib.deal(steps, self.eval_lanes)
-        _, out = lanes_lib.run(lanes, body, (dict(zeros), out))
-        return {kind: finish_metrics(task, sums) for kind, sums in out.items()}
+        _, out, scores = lanes_lib.run(lanes, body, (dict(zeros), out, scores))
+        return {kind: finish_metrics(task, sums) for kind, sums in out.items()}, scores
 
     def node_models(self, state: EngineState) -> dict:
         """Each real node's model of every kind, as used by `evaluate` (fine-tuning included):
@@ -443,20 +461,37 @@ class Engine:
 
         Regression metrics are in the targets' raw units: models see the stored targets
         (raw - y_mean) / y_scale, so RMSE is multiplied by `data.y_scale` and MSE by its square.
-        Nodes without test examples get NaN (no metric); any other non-finite metric raises
-        DivergenceError naming the node.
+        Binary tasks (num_classes == 2) also get balanced accuracy and the exact ROC AUC of each
+        node's test scores s1 - s0 (`objectives.node_auc`), in the order of
+        `objectives.metrics(task, num_classes)`.
+
+        Nodes without test examples get NaN (no metric), and so does the AUC of a node whose
+        test set holds one class only (undefined, not a failure); any other non-finite metric
+        raises DivergenceError naming the node.
         """
-        tested = self.data.test.counts > 0
-        result = jax.device_get(self._evaluate(state, self.train, self.test))
-        scale = self.data.y_scale
-        units = {"rmse": scale, "mse": scale * scale} if self.data.task == "regression" else {}
+        data = self.data
+        tested = data.test.counts > 0
+        result, scores = jax.device_get(self._evaluate(state, self.train, self.test))
+        scale = data.y_scale
+        units = {"rmse": scale, "mse": scale * scale} if data.task == "regression" else {}
         per_node = {
-            kind: {k: np.asarray(v[: self.num_real]) * units.get(k, 1) for k, v in metrics.items()}
-            for kind, metrics in result.items()
+            kind: {k: np.asarray(v[: self.num_real]) * units.get(k, 1) for k, v in found.items()}
+            for kind, found in result.items()
         }
-        for kind, metrics in per_node.items():
-            for name, values in metrics.items():
-                bad = np.flatnonzero(tested & ~np.isfinite(values))
+        undefined = {}
+        if scores:
+            labels, counts = data.test.y, data.test.counts
+            positives = np.bincount(np.repeat(np.arange(len(counts)), counts),
+                                    weights=labels == 1, minlength=len(counts))
+            undefined["auc"] = (positives == 0) | (positives == counts)
+            names = metrics(data.task, data.num_classes)
+            for kind, found in per_node.items():
+                found["auc"] = node_auc(np.asarray(scores[kind])[: len(labels)], labels, counts)
+                per_node[kind] = {k: found[k] for k in names}
+        for kind, found in per_node.items():
+            for name, values in found.items():
+                bad = np.flatnonzero(tested & ~np.isfinite(values)
+                                     & ~undefined.get(name, np.zeros_like(tested)))
                 if bad.size:
                     raise DivergenceError(
                         f"{self.algorithm.name}: {kind} model has non-finite test {name} on "

@@ -6,11 +6,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
 from fedmtl.algorithms import Algorithm
 from fedmtl.data import FederatedData
-from fedmtl.engine import DivergenceError, Engine, Federation
+from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
 from fedmtl.models import check_model
 
 
@@ -25,6 +26,10 @@ class AlgorithmResult:
       history: {metric: [R]} per-round training metrics.
       seconds: wall time including compilation.
       real_share: share of the engine's computed sample-steps that were real examples.
+      extras: {name: array} the algorithm exposes after training (e.g. MOCHA's learned task
+        covariance "sigma" [N, N]).
+      state: the trained `EngineState` (server state and stacked node states), or None.
+      engine: the `Engine` that trained it, or None; with `state` it gives `node_models()`.
     """
 
     name: str
@@ -32,6 +37,17 @@ class AlgorithmResult:
     history: dict[str, np.ndarray]
     seconds: float
     real_share: float
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    state: EngineState | None = dataclasses.field(default=None, repr=False, compare=False)
+    engine: Engine | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def node_models(self) -> dict:
+        """Every node's trained model of each kind, as evaluated (fine-tuning included):
+        {kind: (shared, personal)} with leaves [N, ...]; apply one with
+        `algorithm.model.apply(shared[k], personal[k], x)` (index leaves by node k)."""
+        if self.engine is None or self.state is None:
+            raise ValueError(f"{self.name}: this result keeps no trained state")
+        return self.engine.node_models(self.state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +96,10 @@ def run_algorithm(
     engine = Engine(algorithm, data, federation)
     state, history = engine.run(engine.init(), callback=callback)
     per_node = engine.evaluate(state)
+    extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(state.server))
     return AlgorithmResult(
-        algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share
+        algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share,
+        {k: np.asarray(v) for k, v in extras.items()}, state, engine,
     )
 
 

@@ -37,41 +37,62 @@ class Schedule(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """Parameters being trained on a node and their optimizer state."""
+    """Parameters being trained on a node, their optimizer state, and the round's constants a
+    penalty refers to (`anchor`: e.g. the global model of a proximal term; () when none)."""
 
     params: Any
     opt_state: Any
+    anchor: Any = ()
 
 
 class Trainer(NamedTuple):
     """Minibatch training of a parameter pytree, one step at a time.
 
     Attributes:
-      init: params -> TrainState (the optimizer state starts fresh).
+      init: (params, anchor=()) -> TrainState (the optimizer state starts fresh).
       step: (TrainState, Batch, key, task) -> (TrainState, mean loss over the batch's real rows).
     """
 
-    init: Callable[[Any], TrainState]
+    init: Callable[..., TrainState]
     step: Callable[[TrainState, Batch, jax.Array, str], tuple[TrainState, jax.Array]]
 
 
 def trainer(
-    apply: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation
+    apply: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
+    penalty: Callable[[Any, Any], jax.Array] | None = None,
+    class_weights=None,
 ) -> Trainer:
-    """A `Trainer` taking optax steps on the task's masked mean loss of `apply(params, x)`."""
+    """A `Trainer` taking optax steps on the task's masked mean loss of `apply(params, x)`.
 
-    def init(params):
-        return TrainState(params, optimizer.init(params))
+    Args:
+      penalty: (params, anchor) -> scalar added to every step's mean batch loss (a proximal
+        or multi-task term; `anchor` is the TrainState's constants for the round). The loss a
+        step reports is the data loss alone, comparable across algorithms.
+      class_weights: optional [C] weights of a classification loss: steps minimise the mean of
+        class_weights[y_i] · loss_i over the batch's real rows (e.g.
+        `objectives.balanced_class_weights(data.train.y, C)` for rare classes). The loss a step
+        reports stays the unweighted one.
+    """
+    weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
+    def init(params, anchor=()):
+        return TrainState(params, optimizer.init(params), anchor)
 
     def step(state: TrainState, batch: Batch, key, task: str):
         del key  # plain minibatch steps draw nothing
 
         def loss_fn(params):
-            return masked_mean_loss(task, apply(params, batch.x), batch.y, batch.mask)
+            outputs = apply(params, batch.x)
+            loss = masked_mean_loss(task, outputs, batch.y, batch.mask)
+            fit = loss if weights is None else masked_mean_loss(task, outputs, batch.y,
+                                                                batch.mask, weights)
+            total = fit if penalty is None else fit + penalty(params, state.anchor)
+            return total, loss
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.anchor), loss
 
     return Trainer(init, step)
 

@@ -109,14 +109,14 @@ def test_weighted_mean_by_hand_and_zero_weights_ignored():
 
 def test_zero_weight_node_does_not_move_the_server():
     algo = _algorithm("fedavg")
-    server = algo.init(jax.random.key(0))
+    server = algo.init(jax.random.key(0), 1)
     rng = np.random.default_rng(1)
     deltas = jax.tree.map(
         lambda p: jnp.asarray(rng.normal(size=(3,) + p.shape), jnp.float32), server.params
     )
     only = jax.tree.map(lambda d: d[:1], deltas)
-    a = algo.server_update(server, deltas, jnp.array([5.0, 0.0, 0.0]))
-    b = algo.server_update(server, only, jnp.array([5.0]))
+    a = algo.server_update(server, deltas, jnp.array([5.0, 0.0, 0.0]), jnp.arange(3))
+    b = algo.server_update(server, only, jnp.array([5.0]), jnp.arange(1))
     _assert_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     _assert_close(a.params, jax.tree.map(lambda p, d: p + d[0], server.params, deltas))
 
@@ -170,7 +170,7 @@ def test_padded_node_round_equals_exact_rows(name):
     algo = _algorithm(name)
     xs, ys = _xy([7], seed=4)
     schedule = Schedule("classification", batch_size=3, epochs=2)
-    broadcast = algo.broadcast(algo.init(jax.random.key(0)))
+    broadcast = algo.broadcast(algo.init(jax.random.key(0), 1))
     node = algo.init_node(jax.random.key(1))
     key = jax.random.key(2)
     exact = node_round(algo, broadcast, node, jnp.asarray(xs[0]), jnp.asarray(ys[0]), key,
@@ -205,7 +205,7 @@ def _one_node(algo, state_of_node):
     xs, ys = _xy([6])
     return jax.eval_shape(
         lambda *args: node_round(algo, *args, Schedule(batch_size=4)),
-        algo.broadcast(algo.init(jax.random.key(0))), state_of_node, jnp.asarray(xs[0]),
+        algo.broadcast(algo.init(jax.random.key(0), 1)), state_of_node, jnp.asarray(xs[0]),
         jnp.asarray(ys[0]), jax.random.key(1),
     )
 
@@ -220,9 +220,9 @@ def test_upload_contents():
     assert _paths(upload) and not any("head" in p for p in _paths(upload))
     assert _paths(head) == _paths(fedper.model.personal) == {
         "head/kernel/value", "head/bias/value"}
-    assert not any("head" in p for p in _paths(fedper.init(jax.random.key(0))))
+    assert not any("head" in p for p in _paths(fedper.init(jax.random.key(0), 1)))
     upload, params, _ = _one_node(local, local.model.personal)
-    assert jax.tree.leaves(upload) == [] and jax.tree.leaves(local.init(jax.random.key(0))) == []
+    assert jax.tree.leaves(upload) == [] and jax.tree.leaves(local.init(jax.random.key(0), 1)) == []
     assert jax.tree.leaves(local.broadcast(())) == []
 
 
@@ -300,7 +300,7 @@ def test_factories_reject_optimizers_that_are_neither_rate_nor_transformation(ba
 def test_factories_accept_positive_rates_and_transformations(good):
     module = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
     algo = algorithms.fedavg(module, local_optimizer=good, server_optimizer=good)
-    server = algo.init(jax.random.key(0))
+    server = algo.init(jax.random.key(0), 1)
     assert jax.tree.structure(server.params) == jax.tree.structure(algo.model.shared)
 
 

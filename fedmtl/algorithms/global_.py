@@ -1,0 +1,63 @@
+"""Algorithms with one global model: FedAvg (and, through its server optimizer, FedAdam and
+friends)."""
+
+from __future__ import annotations
+
+import optax
+from flax import nnx
+
+from fedmtl.algorithms.base import (
+    Algorithm,
+    delta,
+    delta_server,
+    optimizer,
+    split,
+    split_trainer,
+)
+
+
+def fedavg(
+    module: nnx.Module,
+    *,
+    local_optimizer: optax.GradientTransformation | float = 0.05,
+    server_optimizer: optax.GradientTransformation | float = 1.0,
+    class_weights=None,
+) -> Algorithm:
+    """FedAvg (McMahan et al., AISTATS 2017): E local epochs of minibatch training on each
+    node, then the server averages the parameter deltas weighted by node example counts.
+
+    Args:
+      module: the model, all of it shared.
+      local_optimizer: node optimizer (a float means SGD with that learning rate); its state
+        restarts every round.
+      server_optimizer: applied to the averaged delta as a pseudo-gradient; SGD(1.0) is plain
+        FedAvg, `optax.adam(...)` FedAdam (Reddi et al., 2021).
+      class_weights: optional [C] per-class weights of the training loss for rare classes
+        (e.g. `objectives.balanced_class_weights(data.train.y, C)`); fine-tuning uses them too.
+
+    Raises:
+      AlgorithmError: an optimizer that is neither an optax transformation nor a finite
+        learning rate > 0.
+
+    Example:
+      >>> algo = fedavg(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
+    """
+    model = split("fedavg", module, None)
+    opt = optimizer(local_optimizer, "fedavg", "local_optimizer")
+    server_opt = optimizer(server_optimizer, "fedavg", "server_optimizer")
+    init, server_update = delta_server(model, server_opt)
+    train = split_trainer(model, opt, class_weights=class_weights)
+
+    return Algorithm(
+        name="fedavg",
+        model=model,
+        init=init,
+        init_node=lambda key: (),
+        broadcast=lambda server: server.params,
+        start=lambda shared, node: train.init((shared, model.personal)),
+        step=train.step,
+        finish=lambda shared, node, state: (delta(state.params[0], shared), node),
+        server_update=server_update,
+        models=lambda shared, node: {"global": (shared, model.personal)},
+        finetune=train,
+    )

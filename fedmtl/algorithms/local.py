@@ -1,0 +1,44 @@
+"""Local training: every node alone, the baseline every report needs."""
+
+from __future__ import annotations
+
+import optax
+from flax import nnx
+
+from fedmtl.algorithms.base import (
+    Algorithm,
+    optimizer,
+    split_trainer,
+)
+from fedmtl.models import Model
+
+
+def local(
+    module: nnx.Module,
+    *,
+    local_optimizer: optax.GradientTransformation | float = 0.05,
+    class_weights=None,
+) -> Algorithm:
+    """Local training: each node trains its own copy of the model and nothing is exchanged.
+
+    Every round trains E more local epochs from where the node left off (the optimizer state
+    restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
+    `local_optimizer` and `class_weights` are as in `fedavg`.
+    """
+    model = Model.of(module, personal=True)
+    train = split_trainer(model, optimizer(local_optimizer, "local", "local_optimizer"),
+                          class_weights=class_weights)
+
+    return Algorithm(
+        name="local",
+        model=model,
+        init=lambda key, num_nodes: (),
+        init_node=lambda key: model.personal,
+        broadcast=lambda server: (),
+        start=lambda broadcast, params: train.init((model.shared, params)),
+        step=train.step,
+        finish=lambda broadcast, params, state: ((), state.params[1]),
+        server_update=lambda server, uploads, weights, ids: server,
+        models=lambda broadcast, params: {"local": (model.shared, params)},
+        finetune=None,
+    )
