@@ -35,36 +35,82 @@ def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+LOSSES = ("cross_entropy", "hinge", "squared")
+"""The training losses of a classification task, by name (`example_losses`'s `loss`);
+"cross_entropy" is the default. A regression task trains on the squared error."""
+
+
+def check_loss(loss: str | None) -> str | None:
+    """`loss` if it is None or a name in `LOSSES`.
+
+    Raises:
+      ValueError: any other value; the message lists the names.
+    """
+    if loss is not None and (not isinstance(loss, str) or loss not in LOSSES):
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    return loss
+
+
+def _classification_losses(outputs: jax.Array, y: jax.Array, loss: str) -> jax.Array:
+    if loss == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    onehot = jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype)
+    if loss == "hinge":  # Crammer & Singer: max(0, 1 + max_{j != y} s_j - s_y)
+        true = jnp.sum(outputs * onehot, axis=-1)
+        rival = jnp.max(jnp.where(onehot > 0, -jnp.inf, outputs), axis=-1)
+        return jnp.maximum(0.0, 1.0 + rival - true)
+    err = outputs - onehot  # "squared": mean over classes of (s_c - [c = y])^2
+    return jnp.mean(err * err, axis=-1)
+
+
 def example_losses(task: str, outputs: jax.Array, y: jax.Array,
-                   class_weights: jax.Array | None = None) -> jax.Array:
-    """Per-example loss [B]: softmax cross-entropy (outputs [B, C], y [B] int) or squared error
-    (outputs [B] or [B, 1], y [B]).
+                   class_weights: jax.Array | None = None,
+                   loss: str | None = None) -> jax.Array:
+    """Per-example loss [B] of outputs [B, C] and integer labels y [B] (classification), or
+    squared error (regression: outputs [B] or [B, 1], y [B]).
 
     Args:
       class_weights: optional [C] weights of classification losses: example i's loss is
         multiplied by class_weights[y_i] (e.g. `balanced_class_weights`).
+      loss: the classification loss, a name in `LOSSES` (None: "cross_entropy"):
+        "cross_entropy": softmax cross-entropy −log softmax(s)_y;
+        "hinge": the multiclass hinge of Crammer & Singer, max(0, 1 + max_{j≠y} s_j − s_y),
+          which for 2 classes is the SVM hinge max(0, 1 − y±·(s_1 − s_0)), y± = 2y − 1;
+        "squared": the mean over the C classes of (s_c − [c = y])², squared error on one-hot
+          targets.
+        A regression task takes None or "squared" (its squared error).
+
+    Raises:
+      ValueError: an unknown loss, a classification loss for regression, or class weights
+        for regression.
     """
+    check_loss(loss)
     if task == "classification":
-        losses = optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+        losses = _classification_losses(outputs, y, loss or "cross_entropy")
         if class_weights is not None:
             losses = losses * jnp.asarray(class_weights, losses.dtype)[y]
         return losses
     if class_weights is not None:
         raise ValueError("class weights apply to classification only")
+    if loss not in (None, "squared"):
+        raise ValueError(f"loss {loss!r} applies to classification only; a regression task "
+                         f"trains on the squared error")
     pred = outputs.reshape(y.shape) if outputs.size == y.size else outputs
     err = (pred - y).reshape(y.shape[0], -1)
     return jnp.mean(err * err, axis=1)
 
 
 def masked_mean_loss(task: str, outputs: jax.Array, y: jax.Array, mask: jax.Array,
-                     class_weights: jax.Array | None = None) -> jax.Array:
+                     class_weights: jax.Array | None = None,
+                     loss: str | None = None) -> jax.Array:
     """Mean loss over the real (mask=True) examples of a batch; 0 when none is real.
 
     With `class_weights`, the mean of the weighted losses w[y_i] · l_i over the real examples
     (divided by their count, not by the weights' sum, so that balanced weights, whose mean
-    over the training rows is 1, keep the loss's scale).
+    over the training rows is 1, keep the loss's scale). `loss` names the per-example loss as
+    in `example_losses` (None: cross-entropy for classification).
     """
-    losses = example_losses(task, outputs, y, class_weights)
+    losses = example_losses(task, outputs, y, class_weights, loss)
     count = jnp.sum(mask).astype(losses.dtype)
     return jnp.sum(jnp.where(mask, losses, 0.0)) / jnp.maximum(count, 1.0)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmtl import plots
 from fedmtl.experiment import Comparison
 from fedmtl.objectives import metrics as task_metrics
 from fedmtl.report import columns, summarize
@@ -116,6 +117,7 @@ def to_json(comparison: Comparison, config: dict | None = None,
             "status": "complete",
             "real_share": r.real_share,
             "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
+            "extras": sorted(f"{r.name}_{key}.json" for key in r.extras),
         }
         for r in comparison.results
     }
@@ -137,6 +139,34 @@ def to_json(comparison: Comparison, config: dict | None = None,
         "summary": summarize(comparison) if comparison.results else [],
         "algorithms": algorithms,
     }
+
+
+def write_extras(result, names, folder: Path) -> list[Path]:
+    """Writes each of `result.extras` to `<algorithm>_<name>.json` ({"nodes", name: values});
+    a task covariance "sigma" [N, N] also as a heatmap PNG when matplotlib is installed."""
+    paths = []
+    for key, value in sorted(result.extras.items()):
+        value = np.asarray(value)
+        path = folder / f"{result.name}_{key}.json"
+        doc = {"nodes": list(names[: value.shape[0]]), key: value.tolist()}
+        atomic_write(path, json.dumps(doc) + "\n")
+        paths.append(path)
+        if key == "sigma" and plots.available():
+            tmp = folder / f".{result.name}_{key}.png.tmp"
+            plots.relationship_heatmap(value, tmp, f"{result.name}: learned task correlation")
+            os.replace(tmp, folder / f"{result.name}_{key}.png")  # atomic, like every file here
+            paths.append(folder / f"{result.name}_{key}.png")
+    return paths
+
+
+def _earlier_extras(folder: Path) -> list[str]:
+    """The extras files (and heatmaps) an earlier run's results.json lists in `folder`."""
+    try:
+        earlier = json.loads((folder / RESULTS).read_text())
+        names = [n for a in earlier["algorithms"].values() for n in a.get("extras", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [n for name in names if "/" not in name for n in (name, name[:-5] + ".png")]
 
 
 def _git_commit() -> str | None:
@@ -201,7 +231,7 @@ class ResultsFolder:
     @classmethod
     def open(cls, path, config: dict | None = None, command: list[str] | None = None):
         path = check_writable(Path(path))
-        for name in (RESULTS, PER_NODE, RUN):
+        for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN):
             (path / name).unlink(missing_ok=True)
         run = {"status": "in progress", "started": _now(), "finished": None,
                "command": command, "seconds": {}, "environment": environment()}
@@ -218,6 +248,8 @@ class ResultsFolder:
         doc = to_json(comparison, self.config, status)
         atomic_write(self.path / RESULTS, json.dumps(doc, indent=2) + "\n")
         atomic_write(self.path / PER_NODE, per_node_csv(comparison))
+        for result in comparison.results:
+            write_extras(result, comparison.data.names, self.path)
         self._run["seconds"] = {**{r.name: r.seconds for r in comparison.results},
                                 **{f.name: f.seconds for f in comparison.failures}}
         self._run["status"] = status

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedmtl.objectives import masked_mean_loss
+from fedmtl.objectives import check_loss, masked_mean_loss
 
 
 class Batch(NamedTuple):
@@ -61,6 +61,7 @@ def trainer(
     apply: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
     penalty: Callable[[Any, Any], jax.Array] | None = None,
     class_weights=None,
+    loss: str | None = None,
 ) -> Trainer:
     """A `Trainer` taking optax steps on the task's masked mean loss of `apply(params, x)`.
 
@@ -72,7 +73,15 @@ def trainer(
         class_weights[y_i] · loss_i over the batch's real rows (e.g.
         `objectives.balanced_class_weights(data.train.y, C)` for rare classes). The loss a step
         reports stays the unweighted one.
+      loss: the per-example classification loss by name, one of `objectives.LOSSES`
+        ("cross_entropy", "hinge", "squared"); None is cross-entropy (regression: squared
+        error). Steps minimise it, and it is the loss a step reports; the evaluation's
+        metrics do not change.
+
+    Raises:
+      ValueError: an unknown loss name.
     """
+    check_loss(loss)
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
     def init(params, anchor=()):
@@ -83,16 +92,16 @@ def trainer(
 
         def loss_fn(params):
             outputs = apply(params, batch.x)
-            loss = masked_mean_loss(task, outputs, batch.y, batch.mask)
-            fit = loss if weights is None else masked_mean_loss(task, outputs, batch.y,
-                                                                batch.mask, weights)
+            data_loss = masked_mean_loss(task, outputs, batch.y, batch.mask, loss=loss)
+            fit = data_loss if weights is None else masked_mean_loss(
+                task, outputs, batch.y, batch.mask, weights, loss=loss)
             total = fit if penalty is None else fit + penalty(params, state.anchor)
-            return total, loss
+            return total, data_loss
 
-        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, data_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.anchor), loss
+        return TrainState(params, opt_state, state.anchor), data_loss
 
     return Trainer(init, step)
 

@@ -248,3 +248,27 @@ def test_binary_results_list_auc_and_leave_undefined_cells_empty(tmp_path):
     assert doc["data"]["metrics"] == ["accuracy", "balanced_accuracy", "auc", "loss"]
     (auc,) = [r for r in doc["summary"] if r["metric"] == "auc"]
     assert auc["node_mean"] == 0.5 and auc["undefined_nodes"] == 1 and auc["untested_nodes"] == 1
+
+
+def test_extras_are_written_as_json_and_a_heatmap_and_removed_with_their_run(comparison,
+                                                                            tmp_path):
+    """MOCHA's learned Σ comes back in the results folder: JSON with the node names, and a
+    heatmap PNG; a later run in the same folder does not leave it looking like its own."""
+    import dataclasses
+
+    import numpy as np
+
+    n = comparison.data.num_nodes
+    sigma = np.eye(n) + 0.5 * (np.arange(n)[:, None] % 2 == np.arange(n)[None] % 2)
+    mocha = dataclasses.replace(comparison.results[1], name="mocha", extras={"sigma": sigma})
+    with_sigma = dataclasses.replace(comparison, results=(*comparison.results, mocha))
+    output.write_results(with_sigma, tmp_path)
+    doc = json.loads((tmp_path / "mocha_sigma.json").read_text())
+    assert doc["nodes"] == list(comparison.data.names)
+    np.testing.assert_allclose(doc["sigma"], sigma)
+    assert json.loads((tmp_path / "results.json").read_text())["algorithms"]["mocha"][
+        "extras"] == ["mocha_sigma.json"]
+    assert (tmp_path / "mocha_sigma.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    output.write_results(comparison, tmp_path)  # a later run without MOCHA
+    assert not (tmp_path / "mocha_sigma.json").exists()
+    assert not (tmp_path / "mocha_sigma.png").exists()

@@ -19,6 +19,7 @@ from flax import nnx
 
 from fedmtl.aggregation import weighted_mean
 from fedmtl.models import Model
+from fedmtl.objectives import check_loss
 from fedmtl.training import Trainer, trainer
 
 
@@ -144,10 +145,24 @@ def split(algorithm: str, module: nnx.Module, personal: Any) -> Model:
     return model
 
 
-def split_trainer(model: Model, optimizer, penalty=None, class_weights=None) -> Trainer:
-    """Minibatch training of (shared, personal) parameters on one node (`penalty` and
-    `class_weights` as in `training.trainer`)."""
-    return trainer(lambda p, x: model.apply(p[0], p[1], x), optimizer, penalty, class_weights)
+def loss_name(loss: Any, algorithm: str) -> str | None:
+    """`loss` if it is None (cross-entropy) or a training loss in `objectives.LOSSES`.
+
+    Raises:
+      AlgorithmError: any other value; the message names the algorithm and the losses.
+    """
+    try:
+        return check_loss(loss)
+    except ValueError as e:
+        raise AlgorithmError(f"{algorithm}: {e}") from None
+
+
+def split_trainer(model: Model, optimizer, penalty=None, class_weights=None,
+                  loss=None) -> Trainer:
+    """Minibatch training of (shared, personal) parameters on one node (`penalty`,
+    `class_weights` and `loss` as in `training.trainer`)."""
+    return trainer(lambda p, x: model.apply(p[0], p[1], x), optimizer, penalty, class_weights,
+                   loss)
 
 
 def delta_server(model: Model, server_optimizer):

@@ -10,6 +10,7 @@ from fedmtl.algorithms.base import (
     Algorithm,
     delta,
     delta_server,
+    loss_name,
     optimizer,
     split,
     split_trainer,
@@ -22,6 +23,7 @@ def fedavg(
     local_optimizer: optax.GradientTransformation | float = 0.05,
     server_optimizer: optax.GradientTransformation | float = 1.0,
     class_weights=None,
+    loss: str | None = None,
 ) -> Algorithm:
     """FedAvg (McMahan et al., AISTATS 2017): E local epochs of minibatch training on each
     node, then the server averages the parameter deltas weighted by node example counts.
@@ -34,19 +36,24 @@ def fedavg(
         FedAvg, `optax.adam(...)` FedAdam (Reddi et al., 2021).
       class_weights: optional [C] per-class weights of the training loss for rare classes
         (e.g. `objectives.balanced_class_weights(data.train.y, C)`); fine-tuning uses them too.
+      loss: the training loss of a classification task, a name in `objectives.LOSSES`:
+        "cross_entropy" (None, the default), "hinge" (multiclass SVM hinge of Crammer &
+        Singer) or "squared" (on one-hot targets); fine-tuning uses it too. Test metrics
+        (accuracy, the reported cross-entropy "loss", ...) do not depend on it.
 
     Raises:
       AlgorithmError: an optimizer that is neither an optax transformation nor a finite
-        learning rate > 0.
+        learning rate > 0, or an unknown loss.
 
     Example:
       >>> algo = fedavg(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
     """
+    loss = loss_name(loss, "fedavg")
     model = split("fedavg", module, None)
     opt = optimizer(local_optimizer, "fedavg", "local_optimizer")
     server_opt = optimizer(server_optimizer, "fedavg", "server_optimizer")
     init, server_update = delta_server(model, server_opt)
-    train = split_trainer(model, opt, class_weights=class_weights)
+    train = split_trainer(model, opt, class_weights=class_weights, loss=loss)
 
     return Algorithm(
         name="fedavg",

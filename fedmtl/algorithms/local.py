@@ -7,6 +7,7 @@ from flax import nnx
 
 from fedmtl.algorithms.base import (
     Algorithm,
+    loss_name,
     optimizer,
     split_trainer,
 )
@@ -18,16 +19,18 @@ def local(
     *,
     local_optimizer: optax.GradientTransformation | float = 0.05,
     class_weights=None,
+    loss: str | None = None,
 ) -> Algorithm:
     """Local training: each node trains its own copy of the model and nothing is exchanged.
 
     Every round trains E more local epochs from where the node left off (the optimizer state
     restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
-    `local_optimizer` and `class_weights` are as in `fedavg`.
+    `local_optimizer`, `class_weights` and `loss` are as in `fedavg`.
     """
+    loss = loss_name(loss, "local")
     model = Model.of(module, personal=True)
     train = split_trainer(model, optimizer(local_optimizer, "local", "local_optimizer"),
-                          class_weights=class_weights)
+                          class_weights=class_weights, loss=loss)
 
     return Algorithm(
         name="local",

@@ -12,6 +12,7 @@ from fedmtl.algorithms.base import (
     Algorithm,
     delta,
     delta_server,
+    loss_name,
     optimizer,
     split,
     split_trainer,
@@ -25,6 +26,7 @@ def fedper(
     local_optimizer: optax.GradientTransformation | float = 0.05,
     server_optimizer: optax.GradientTransformation | float = 1.0,
     class_weights=None,
+    loss: str | None = None,
 ) -> Algorithm:
     """FedPer (Arivazhagan et al., 2019): the body is federated like FedAvg while each node
     keeps its own head, trained jointly with the body and never sent to the server.
@@ -32,17 +34,19 @@ def fedper(
     Args:
       module: the model.
       personal: path filter of the personal parameters (default: those under "head").
-      local_optimizer, server_optimizer, class_weights: as in `fedavg`.
+      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: `personal` leaves nothing shared (e.g. `LogisticRegression`, whose only
-        layer is its head: that would be local training) or nothing personal.
+        layer is its head: that would be local training) or nothing personal; an unknown
+        loss.
     """
+    loss = loss_name(loss, "fedper")
     model = split("fedper", module, personal)
     opt = optimizer(local_optimizer, "fedper", "local_optimizer")
     server_opt = optimizer(server_optimizer, "fedper", "server_optimizer")
     init, server_update = delta_server(model, server_opt)
-    train = split_trainer(model, opt, class_weights=class_weights)
+    train = split_trainer(model, opt, class_weights=class_weights, loss=loss)
 
     return Algorithm(
         name="fedper",
