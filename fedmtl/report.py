@@ -118,6 +118,8 @@ def _fmt(value, metric: str | None = None) -> str:
         return "—"
     if metric in ("accuracy", "balanced_accuracy"):
         return f"{100 * value:.1f}%"
+    if metric == "auc":  # in [0, 1]: three decimals fit an 80-column table
+        return f"{value:.3f}"
     return f"{value:.4g}"
 
 
