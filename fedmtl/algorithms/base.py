@@ -185,5 +185,18 @@ def delta_server(model: Model, server_optimizer):
     return init, server_update
 
 
+def federated_parts(name: str, module: nnx.Module, personal: Any, local_optimizer,
+                    server_optimizer, class_weights=None, loss=None):
+    """What an algorithm that federates a model's shared part by averaged deltas builds from
+    its arguments, each checked with a named error: (model, init, server_update, trainer)."""
+    loss = loss_name(loss, name)
+    model = split(name, module, personal)
+    init, server_update = delta_server(model, optimizer(server_optimizer, name,
+                                                        "server_optimizer"))
+    train = split_trainer(model, optimizer(local_optimizer, name, "local_optimizer"),
+                          class_weights=class_weights, loss=loss)
+    return model, init, server_update, train
+
+
 def delta(new, old):
     return jax.tree.map(lambda a, b: a - b, new, old)

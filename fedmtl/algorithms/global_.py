@@ -9,11 +9,7 @@ from flax import nnx
 from fedmtl.algorithms.base import (
     Algorithm,
     delta,
-    delta_server,
-    loss_name,
-    optimizer,
-    split,
-    split_trainer,
+    federated_parts,
 )
 
 
@@ -48,12 +44,8 @@ def fedavg(
     Example:
       >>> algo = fedavg(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
     """
-    loss = loss_name(loss, "fedavg")
-    model = split("fedavg", module, None)
-    opt = optimizer(local_optimizer, "fedavg", "local_optimizer")
-    server_opt = optimizer(server_optimizer, "fedavg", "server_optimizer")
-    init, server_update = delta_server(model, server_opt)
-    train = split_trainer(model, opt, class_weights=class_weights, loss=loss)
+    model, init, server_update, train = federated_parts(
+        "fedavg", module, None, local_optimizer, server_optimizer, class_weights, loss)
 
     return Algorithm(
         name="fedavg",

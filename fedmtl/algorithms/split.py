@@ -11,11 +11,7 @@ from flax import nnx
 from fedmtl.algorithms.base import (
     Algorithm,
     delta,
-    delta_server,
-    loss_name,
-    optimizer,
-    split,
-    split_trainer,
+    federated_parts,
 )
 
 
@@ -41,12 +37,8 @@ def fedper(
         layer is its head: that would be local training) or nothing personal; an unknown
         loss.
     """
-    loss = loss_name(loss, "fedper")
-    model = split("fedper", module, personal)
-    opt = optimizer(local_optimizer, "fedper", "local_optimizer")
-    server_opt = optimizer(server_optimizer, "fedper", "server_optimizer")
-    init, server_update = delta_server(model, server_opt)
-    train = split_trainer(model, opt, class_weights=class_weights, loss=loss)
+    model, init, server_update, train = federated_parts(
+        "fedper", module, personal, local_optimizer, server_optimizer, class_weights, loss)
 
     return Algorithm(
         name="fedper",
