@@ -157,7 +157,7 @@ def test_report_of_a_binary_task_shows_balanced_accuracy_and_auc():
                   "62.5%"):  # local's balanced accuracy weighted by test examples
         assert words in text, words
     node_auc = report.node_table(comp, -1, "auc")
-    assert list(node_auc.columns[3]._cells) == ["0.75", "0.5", "—", "0.25", "1", "—"]
+    assert list(node_auc.columns[3]._cells) == ["0.750", "0.500", "—", "0.250", "1.000", "—"]
 
 
 # ----- CLI -----
