@@ -21,6 +21,7 @@ from fedmtl.algorithms.base import (
     ServerState,
     delta,
     delta_server,
+    loss_name,
     optimizer,
     split_trainer,
 )
@@ -61,6 +62,7 @@ def mocha(
     server_optimizer: optax.GradientTransformation | float = 1.0,
     name: str = "mocha",
     class_weights=None,
+    loss: str | None = None,
 ) -> Algorithm:
     """MOCHA (Smith, Chiang, Sanjabi, Talwalkar, "Federated Multi-Task Learning", NeurIPS
     2017) with the task-relationship model of Zhang & Yeung (UAI 2010).
@@ -98,15 +100,18 @@ def mocha(
       omega: "learned"; a fixed symmetric PSD [N, N] Ω; or a task graph's Laplacian
         (`fedmtl.relationship.laplacian(adjacency)`: graph-regularized MTL).
       omega_every: rounds between updates of a learned Ω (it starts as the identity).
-      eps: ε's size relative to the mean squared row of W, > 0.
-      local_optimizer, server_optimizer, class_weights: as in `fedavg` (the server optimizer
-        moves the body).
+      eps: ε's size relative to the mean nonzero eigenvalue of W Wᵀ, > 0. It bounds Ω's
+        eigenvalues, and so Ω_tt, by sqrt(1 + 1/eps) (about 32 at the default): plain SGD
+        steps stay stable while lr · (λ₁ · sqrt(1 + 1/eps) + λ₂) < 2, so a large λ₁ needs a
+        smaller learning rate or a larger eps (a run that diverges stops with a named error).
+      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg` (the server
+        optimizer moves the body).
       name: the name in reports.
 
     Raises:
-      AlgorithmError: λ₁, λ₂ < 0, ε <= 0, omega_every < 1, no personal parameters, or a bad
-        optimizer; `relationship.RelationshipError`: a fixed Ω that is not square, symmetric
-        and PSD, or (at `init`) not [N, N].
+      AlgorithmError: λ₁, λ₂ < 0, ε <= 0, omega_every < 1, no personal parameters, a bad
+        optimizer or an unknown loss; `relationship.RelationshipError`: a fixed Ω that is
+        not square, symmetric and PSD, or (at `init`) not [N, N].
 
     Example:
       >>> algo = mocha(MLP(60, [64], 10, rngs=nnx.Rngs(0)), personal="head", lam=1e-2)
@@ -135,7 +140,7 @@ def mocha(
         return lam * coupled + 0.5 * lam2 * jnp.vdot(w, w)
 
     train = split_trainer(model, optimizer(local_optimizer, name, "local_optimizer"), penalty,
-                          class_weights)
+                          class_weights, loss_name(loss, name))
 
     def init(key, num_nodes):
         if given is None:  # Ω = I (Σ = I: unrelated tasks) until the first update
@@ -213,6 +218,7 @@ def ditto(
     personal_optimizer: optax.GradientTransformation | float | None = None,
     server_optimizer: optax.GradientTransformation | float = 1.0,
     class_weights=None,
+    loss: str | None = None,
 ) -> Algorithm:
     """Ditto (Li, Hu, Beirami, Smith, "Ditto: Fair and Robust Federated Learning Through
     Personalization", ICML 2021).
@@ -228,7 +234,7 @@ def ditto(
       lam: λ >= 0.
       local_optimizer: the optimizer of w's local steps (a float: SGD's learning rate).
       personal_optimizer: the optimizer of v (default: the same as `local_optimizer`).
-      server_optimizer, class_weights: as in `fedavg`.
+      server_optimizer, class_weights, loss: as in `fedavg`.
 
     Example:
       >>> algo = ditto(MLP(60, [64], 10, rngs=nnx.Rngs(0)), lam=0.1)
@@ -242,13 +248,15 @@ def ditto(
         personal_optimizer, "ditto", "personal_optimizer")
     init, server_update = delta_server(model, optimizer(server_optimizer, "ditto",
                                                         "server_optimizer"))
-    glob = split_trainer(model, opt, class_weights=class_weights)
+    loss = loss_name(loss, "ditto")
+    glob = split_trainer(model, opt, class_weights=class_weights, loss=loss)
 
     def prox(v, w):
         return 0.5 * lam * sum(jnp.vdot(a - b, a - b) for a, b in
                                zip(jax.tree.leaves(v), jax.tree.leaves(w), strict=True))
 
-    pers = trainer(lambda v, x: model.apply(v, model.personal, x), v_opt, prox, class_weights)
+    pers = trainer(lambda v, x: model.apply(v, model.personal, x), v_opt, prox, class_weights,
+                   loss)
 
     def step(state, batch, key, task):
         g, loss = glob.step(state[0], batch, key, task)
