@@ -191,6 +191,7 @@ def _compare_turbofan(out: Path, *options: str) -> np.ndarray:
                          if "rmse" in k])
 
 
+@pytest.mark.slow
 def test_turbofan_compare_trains_at_default_options_and_reports_cycles(tmp_path):
     """Raw RUL (hundreds of cycles) made SGD diverge in round 1 even at lr 1e-3; the CLI now
     trains on standardized targets, at turbofan's default learning rate, and reports the test

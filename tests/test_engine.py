@@ -223,7 +223,10 @@ def test_same_seed_identical_different_seed_different():
         assert not np.allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", HARNESS)
+@pytest.mark.parametrize("name", [  # op by op is slow: two algorithms by default, all in CI
+    name if name in ("fedavg", "mocha") else pytest.param(name, marks=pytest.mark.slow)
+    for name in HARNESS
+])
 def test_jit_equals_no_jit(name):
     engine = _engine(name)
     jitted, hj = engine.run(engine.init(), 1)

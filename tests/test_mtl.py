@@ -19,6 +19,7 @@ from fedmtl.training import Batch
 DIM, CLASSES = 4, 3
 SIZES = (5, 6, 14, 15, 16)
 FED = Federation(rounds=2, batch_size=4, finetune_steps=0, seed=0, rounds_per_sync=1)
+LR = 0.1  # with FED and _data(): the programs test_engine.py compiles, so the cache serves
 
 
 def _data() -> FederatedData:
@@ -49,27 +50,28 @@ def _assert_equal(a, b):
 
 def test_mocha_without_coupling_is_local_training():
     """λ₁ = λ₂ = 0 and the whole model personal: every node trains alone, bit for bit."""
-    mocha = _trained(algorithms.mocha(_mlp(), personal=True, lam=0.0))
-    local = _trained(algorithms.local(_mlp()))
+    mocha = _trained(algorithms.mocha(_mlp(), personal=True, lam=0.0, local_optimizer=LR))
+    local = _trained(algorithms.local(_mlp(), local_optimizer=LR))
     _assert_equal(mocha.nodes, local.nodes)
 
 
 def test_mocha_without_coupling_on_heads_is_fedper():
-    mocha = _trained(algorithms.mocha(_mlp(), personal="head", lam=0.0))
-    fedper = _trained(algorithms.fedper(_mlp()))
+    mocha = _trained(algorithms.mocha(_mlp(), personal="head", lam=0.0, local_optimizer=LR))
+    fedper = _trained(algorithms.fedper(_mlp(), local_optimizer=LR))
     _assert_equal(mocha.nodes, fedper.nodes)
     _assert_equal(mocha.server.body, fedper.server)
 
 
 def test_ditto_without_proximal_term_is_local_and_fedavg():
     """λ = 0: the personal models are local training's, the global model is FedAvg's."""
-    ditto = _trained(algorithms.ditto(_mlp(), lam=0.0))
-    local = _trained(algorithms.local(_mlp()))
-    fedavg = _trained(algorithms.fedavg(_mlp()))
+    ditto = _trained(algorithms.ditto(_mlp(), lam=0.0, local_optimizer=LR))
+    local = _trained(algorithms.local(_mlp(), local_optimizer=LR))
+    fedavg = _trained(algorithms.fedavg(_mlp(), local_optimizer=LR))
     _assert_equal(ditto.nodes, local.nodes)
     _assert_equal(ditto.server, fedavg.server)
 
 
+@pytest.mark.slow
 def test_ditto_with_a_strong_pull_keeps_personal_models_near_the_global_one():
     """One round: each v_t starts at, and is pulled toward, the initial global model w^0."""
     one = FED._replace(rounds=1, local_epochs=4)  # 4 to 12 steps per node
@@ -206,6 +208,7 @@ def test_adjusted_rand_index_by_hand():
     assert _adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
 
 
+@pytest.mark.slow
 def test_learned_sigma_recovers_planted_groups_and_mtl_beats_local_and_global():
     """40 linear binary tasks in 4 planted groups, ~22 training examples each: MOCHA's
     learned Σ clusters into the groups (ARI >= 0.9) and its per-node accuracy beats both

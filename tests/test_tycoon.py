@@ -118,6 +118,7 @@ def test_predictions_come_back_in_the_units_of_the_raw_targets():
     assert not hasattr(tycoon, "scale_targets")  # no second scaling mechanism
 
 
+@pytest.mark.slow
 def test_cli_smoke(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDMTL_DATA", raising=False)  # FD001/FD003 are shipped
     plot = tmp_path / "plot.png"
