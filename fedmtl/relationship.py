@@ -31,7 +31,15 @@ class Omega(NamedTuple):
     b: jax.Array
 
 
-def learned(W: jax.Array, eps: float) -> Omega:
+def _active_rows(W: jax.Array, active) -> tuple[jax.Array, jax.Array]:
+    """W with the rows of inactive nodes zeroed, and the active count (at least 1)."""
+    if active is None:
+        return W, jnp.asarray(W.shape[0], W.dtype)
+    W = jnp.where(active[:, None], W, jnp.zeros((), W.dtype))
+    return W, jnp.maximum(jnp.sum(active), 1).astype(W.dtype)
+
+
+def learned(W: jax.Array, eps: float, active: jax.Array | None = None) -> Omega:
     """Ω = Σ⁻¹ with Σ = N · M^{1/2} / tr(M^{1/2}), M = W Wᵀ + ε I, from a thin SVD of W.
 
     MOCHA's Σ = (W Wᵀ)^{1/2} / tr(·) (Smith et al. 2017, after Zhang & Yeung 2010) is singular
@@ -48,6 +56,9 @@ def learned(W: jax.Array, eps: float) -> Omega:
     Args:
       W: [N, d] one row of flattened personal parameters per node.
       eps: > 0, the relative ridge (not checked here: a traced value may be passed).
+      active: [N] bool, the nodes Σ is learned from (None: all). The others' rows are
+        ignored and N counts only active nodes, so padding nodes, or nodes that have not
+        reported yet, change nothing in the active nodes' block of Ω.
 
     Returns:
       Omega with basis [N, r], a [r], b [] in W's dtype.
@@ -55,31 +66,34 @@ def learned(W: jax.Array, eps: float) -> Omega:
     Example:
       >>> omega = learned(jnp.ones((5, 3), jnp.float32), 1e-2)
     """
-    n = W.shape[0]
+    W, n = _active_rows(W, active)
     u, s, _ = jnp.linalg.svd(W, full_matrices=False)
     s2 = s * s
-    ridge = eps * jnp.sum(s2) / s.shape[0] + jnp.finfo(W.dtype).tiny  # r = min(N, d)
+    r = s.shape[0]  # min(N, d); nonzero singular values: at most min(active, d)
+    ridge = eps * jnp.sum(s2) / jnp.minimum(n, r) + jnp.finfo(W.dtype).tiny
     root = jnp.sqrt(s2 + ridge)  # [r] eigenvalues of M^{1/2} on U
-    root_rest = jnp.sqrt(ridge)  # the N − r others
-    scale = (jnp.sum(root) + (n - s.shape[0]) * root_rest) / n  # τ / N
+    root_rest = jnp.sqrt(ridge)  # the others
+    scale = (jnp.sum(root) + (n - r) * root_rest) / n  # τ / N over the active nodes
     return Omega(u, scale / root, scale / root_rest)
 
 
-def learned_dense(W: jax.Array, eps: float) -> Omega:
+def learned_dense(W: jax.Array, eps: float, active: jax.Array | None = None) -> Omega:
     """`learned` through `eigh` of the N×N matrix M: the reference for small N (O(N³)).
 
     Args:
       W: [N, d].
-      eps: > 0, as in `learned`.
+      eps, active: as in `learned`.
 
     Returns:
       Omega with basis [N, N], a [N], b = 0.
     """
-    n = W.shape[0]
-    ridge = eps * jnp.sum(W * W) / min(n, W.shape[1]) + jnp.finfo(W.dtype).tiny
-    mu, q = jnp.linalg.eigh(W @ W.T + ridge * jnp.eye(n, dtype=W.dtype))
+    size = W.shape[0]
+    W, n = _active_rows(W, active)
+    ridge = eps * jnp.sum(W * W) / jnp.minimum(n, W.shape[1]) + jnp.finfo(W.dtype).tiny
+    mu, q = jnp.linalg.eigh(W @ W.T + ridge * jnp.eye(size, dtype=W.dtype))
     root = jnp.sqrt(jnp.maximum(mu, ridge))  # M ⪰ ε I: lower values are round-off
-    return Omega(q, jnp.mean(root) / root, jnp.zeros((), W.dtype))
+    scale = (jnp.sum(root) - (size - n) * jnp.sqrt(ridge)) / n  # inactive rows: root = √ε
+    return Omega(q, scale / root, jnp.zeros((), W.dtype))
 
 
 def fixed(matrix, tol: float = 1e-5) -> Omega:

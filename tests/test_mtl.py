@@ -236,3 +236,31 @@ def test_learned_sigma_recovers_planted_groups_and_mtl_beats_local_and_global():
     np.fill_diagonal(distance, 0)
     found = fcluster(linkage(squareform(distance, checks=False), "average"), 4, "maxclust")
     assert _adjusted_rand_index(found, groups) >= 0.9
+
+
+def test_lane_count_does_not_change_mocha():
+    """Per-node messages are gathered for whichever node a lane picks up: one lane running the
+    nodes one after another gives what five side by side give."""
+    algo = algorithms.mocha(_mlp(), lam=0.5, local_optimizer=LR)
+    one, five = (_trained(algo, FED._replace(lanes=lanes)) for lanes in (1, 5))
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(five), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_nodes_change_nothing_for_mocha():
+    """Nodes without data (e.g. padding the node axis) take no step and, never reporting,
+    stay out of the learned Σ: the real nodes train as they would without them."""
+    algo = algorithms.mocha(_mlp(), lam=0.5, local_optimizer=LR)
+    plain = _trained(algo)
+    engine = Engine(algo, _data(), FED, empty_nodes=3)
+    padded, _ = engine.run(engine.init())
+    padded = jax.device_get(padded)
+    n = len(SIZES)
+    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                    atol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain.nodes), jax.tree.leaves(padded.nodes), strict=True):
+        close(a, b[:n])
+    close(plain.server.W, padded.server.W[:n])
+    assert padded.server.reported.tolist() == [True] * n + [False] * 3
+    close(relationship.dense(plain.server.omega),
+          relationship.dense(padded.server.omega)[:n, :n])

@@ -265,3 +265,20 @@ def test_planted_groups_reward_sharing_within_groups():
     glob = accuracy(np.repeat(pooled(row_group >= 0)[None], len(groups), 0))
     grouped = accuracy(np.stack([pooled(row_group == g) for g in range(3)])[groups])
     assert grouped > max(local, glob) + 0.1, (local, glob, grouped)
+
+
+@pytest.mark.parametrize("fn", [rel.learned, rel.learned_dense])
+@pytest.mark.parametrize(("n", "d"), [(6, 15), (40, 6)])
+def test_inactive_rows_change_nothing_for_the_active_ones(fn, n, d):
+    """Padding nodes (or nodes yet to report) appended to W leave the active nodes' Ω block,
+    diagonal and coupling as they are without them."""
+    W = jnp.asarray(_w(n, d))
+    extra = jnp.asarray(_w(3, d, seed=9))  # whatever the inactive rows hold
+    active = jnp.asarray([True] * n + [False] * 3)
+    alone, padded = fn(W, 1e-2), fn(jnp.concatenate([W, extra]), 1e-2, active)
+    _close(rel.dense(padded)[:n, :n], rel.dense(alone), rtol=2e-4)
+    _close(rel.diagonal(padded)[:n], rel.diagonal(alone), rtol=2e-4)
+    pull, weight = rel.coupling(padded, jnp.concatenate([W, extra]))
+    want_pull, want_weight = rel.coupling(alone, W)
+    _close(pull[:n], want_pull, rtol=2e-4)
+    _close(weight[:n], want_weight, rtol=2e-4)

@@ -33,10 +33,12 @@ SIGMA_MAX_NODES = 4096  # extras["sigma"] is a dense [N, N] matrix only up to th
 
 class MochaServer(NamedTuple):
     """body: the shared parameters' `ServerState` (FedAvg); W: [N, d] every node's personal
-    parameters as last uploaded; omega: Ω [N, N] in `relationship.Omega` form; round: []."""
+    parameters as last uploaded; reported: [N] whether the node has uploaded (Σ is learned
+    from those only); omega: Ω [N, N] in `relationship.Omega` form; round: []."""
 
     body: ServerState
     W: jax.Array
+    reported: jax.Array
     omega: relationship.Omega
     round: jax.Array
 
@@ -76,11 +78,13 @@ def mocha(
     F_t(w) + λ₁·(½ Ω_tt ‖w‖² + ⟨p_t, w⟩) + (λ₂/2)‖w‖², whose gradient is the objective's:
     λ₁ (W Ω)_t = λ₁ (Ω_tt w + p_t) with p_t = Σ_{s≠t} Ω_ts w_s taken from the server's copy
     of the other rows (the node's own term is exact). The server keeps W as last uploaded
-    (absent nodes keep their stale rows) and every `omega_every` rounds sets
+    (absent nodes keep their stale rows) and every `omega_every` rounds sets, over the nodes
+    that have reported at least once (nodes without data, or not yet sampled, are left out),
 
         Σ = N · (W Wᵀ + ε I)^{1/2} / tr((W Wᵀ + ε I)^{1/2}),   Ω = Σ⁻¹,
 
-    with ε = eps · ‖W‖²_F / N (`relationship.learned`). Where we differ from the paper: it
+    with N the count of those nodes and ε = eps · ‖W‖²_F / min(N, d), eps times the mean
+    nonzero eigenvalue of W Wᵀ (`relationship.learned`). Where we differ from the paper: it
     normalises tr Σ = 1 and floors Σ's eigenvalues; with N > d, W Wᵀ is singular and Ω's
     eigenvalues then grow like N, so we add ε I (relative to the spectrum) and scale tr Σ = N,
     which keeps Ω's spectrum O(1) at any N (λ₁ means the same at 30 or 100,000 nodes: the
@@ -154,7 +158,8 @@ def mocha(
                     f"but the federation has {num_nodes} nodes")
             omega0 = jax.tree.map(lambda a: jnp.asarray(a, w0.dtype), given)
         W = jnp.tile(w0, (num_nodes, 1))  # every node starts from the module's parameters
-        return MochaServer(init_body(key, num_nodes), W, omega0, jnp.zeros((), jnp.int32))
+        return MochaServer(init_body(key, num_nodes), W, jnp.zeros(num_nodes, bool), omega0,
+                           jnp.zeros((), jnp.int32))
 
     def broadcast(server: MochaServer):
         return server.body.params, PerNode(relationship.coupling(server.omega, server.W))
@@ -166,14 +171,15 @@ def mocha(
     def server_update(server: MochaServer, uploads, weights, ids):
         deltas, rows = uploads
         body = update_body(server.body, deltas, weights, ids)
-        reported = (weights > 0)[:, None]  # nodes without data took no step: keep their rows
-        W = server.W.at[ids].set(jnp.where(reported, rows, server.W[ids]))
+        trained = weights > 0  # nodes without data took no step: keep their rows
+        W = server.W.at[ids].set(jnp.where(trained[:, None], rows, server.W[ids]))
+        reported = server.reported.at[ids].set(server.reported[ids] | trained)
         rnd = server.round + 1
         omega = server.omega
         if given is None:
             omega = jax.lax.cond(rnd % omega_every == 0,
-                                 lambda: relationship.learned(W, eps), lambda: omega)
-        return MochaServer(body, W, omega, rnd)
+                                 lambda: relationship.learned(W, eps, reported), lambda: omega)
+        return MochaServer(body, W, reported, omega, rnd)
 
     def extras(server: MochaServer) -> dict:
         out = {"omega_diagonal": relationship.diagonal(server.omega)}
