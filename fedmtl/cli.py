@@ -24,7 +24,7 @@ from fedmtl import algorithms as algos
 from fedmtl.data import FederatedData
 from fedmtl.engine import Federation
 from fedmtl.experiment import compare
-from fedmtl.objectives import HIGHER_IS_BETTER, balanced_class_weights
+from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
 from fedmtl.output import ResultsFolder, check_writable
 from fedmtl.report import headline_metrics, print_report, summarize
 
@@ -106,6 +106,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
                    help="local steps that personalize a global model before testing "
                    "(default 5; 0 disables)")
+    g.add_argument("--loss", choices=LOSSES, default=None,
+                   help="training loss: cross_entropy (default for classification), hinge "
+                   "(Crammer-Singer; the binary SVM on 2 outputs, MOCHA's setting) or squared "
+                   "(the only one for regression)")
     g.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="weigh the training loss by class: balanced = n / (C n_c) over all "
                    "train rows, for rare classes (default none)")
@@ -151,12 +155,15 @@ def build_algorithms(names: list[str], data: FederatedData, args) -> list[algos.
     if unknown:
         raise CliError(f"unknown algorithm(s) {', '.join(unknown)}; "
                        f"choose from {', '.join(algos.ALGORITHMS)}")
+    if data.task == "regression" and args.loss not in (None, "squared"):
+        raise CliError(f"--loss {args.loss} is for classification; {args.dataset} is regression "
+                       "(use squared, the default)")
     outputs = data.num_classes or 1
     result = []
     for name in names:
         module = models.build(args.model, data.feature_shape, outputs, seed=args.seed,
                               hidden=args.hidden)
-        kwargs = {"local_optimizer": args.lr}
+        kwargs = {"local_optimizer": args.lr, "loss": args.loss}
         if args.class_weights == "balanced":
             if data.task != "classification":
                 raise CliError("--class-weights balanced needs a classification task")

@@ -176,6 +176,9 @@ TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4
         (["compare", "--dataset", "no-such-data"], "dataset"),
         (["compare", "--nodes", "0"], "nodes"),
         (["frobnicate"], "invalid choice"),
+        (["compare", "--loss", "svm"], "invalid choice"),
+        (["compare", "--dataset", "turbofan", "--loss", "hinge"], "--loss hinge is for "
+         "classification"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
