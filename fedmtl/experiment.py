@@ -29,7 +29,9 @@ class AlgorithmResult:
       extras: {name: array} the algorithm exposes after training (e.g. MOCHA's learned task
         covariance "sigma" [N, N]).
       state: the trained `EngineState` (server state and stacked node states), or None.
-      engine: the `Engine` that trained it, or None; with `state` it gives `node_models()`.
+      engine: builds a fresh `Engine` like the one that trained it (for `node_models()`), or
+        None. A builder, not the engine itself: an engine holds its own device copy of the
+        data, and a comparison of several algorithms would otherwise keep one per algorithm.
     """
 
     name: str
@@ -39,7 +41,8 @@ class AlgorithmResult:
     real_share: float
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     state: EngineState | None = dataclasses.field(default=None, repr=False, compare=False)
-    engine: Engine | None = dataclasses.field(default=None, repr=False, compare=False)
+    engine: Callable[[], Engine] | None = dataclasses.field(default=None, repr=False,
+                                                            compare=False)
 
     def node_models(self) -> dict:
         """Every node's trained model of each kind, as evaluated (fine-tuning included):
@@ -47,7 +50,7 @@ class AlgorithmResult:
         `algorithm.model.apply(shared[k], personal[k], x)` (index leaves by node k)."""
         if self.engine is None or self.state is None:
             raise ValueError(f"{self.name}: this result keeps no trained state")
-        return self.engine.node_models(self.state)
+        return self.engine().node_models(self.state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,8 @@ def run_algorithm(
     extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(state.server))
     return AlgorithmResult(
         algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share,
-        {k: np.asarray(v) for k, v in extras.items()}, state, engine,
+        {k: np.asarray(v) for k, v in extras.items()}, state,
+        lambda: Engine(algorithm, data, federation),
     )
 
 

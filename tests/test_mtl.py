@@ -264,3 +264,17 @@ def test_empty_nodes_change_nothing_for_mocha():
     assert padded.server.reported.tolist() == [True] * n + [False] * 3
     close(relationship.dense(plain.server.omega),
           relationship.dense(padded.server.omega)[:n, :n])
+
+
+def test_compare_gives_each_algorithms_trained_node_models():
+    import fedmtl
+
+    result = fedmtl.compare([algorithms.fedper(_mlp(), local_optimizer=LR)], _data(), FED)
+    fedper = result.result("fedper")
+    shared, heads = fedper.node_models()["personalized"]  # leaves [N, ...]
+    for got, want in zip(jax.tree.leaves(heads), jax.tree.leaves(fedper.state.nodes),
+                         strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for got, want in zip(jax.tree.leaves(shared), jax.tree.leaves(fedper.state.server.params),
+                         strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.broadcast_to(want, got.shape))
