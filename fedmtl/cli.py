@@ -26,7 +26,7 @@ from fedmtl.engine import Federation
 from fedmtl.experiment import compare
 from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
 from fedmtl.output import ResultsFolder, check_writable
-from fedmtl.report import headline_metrics, print_report, summarize
+from fedmtl.report import format_metric, headline_metrics, print_report, summarize
 
 DEFAULT_ROUNDS = 50
 # Learning rates that train every data set at the other defaults: turbofan's end-of-life
@@ -226,7 +226,7 @@ def takeaway(comparison) -> str | None:
     if not personalized or not local:
         return None
     best = max(personalized, key=lambda r: r["node_mean"] * (1 if HIGHER_IS_BETTER[metric] else -1))
-    show = lambda v: f"{100 * v:.1f}%" if metric.endswith("accuracy") else f"{v:.4g}"
+    show = lambda v: format_metric(v, metric)
     parts = [f"each node's own local model {show(local[0]['node_mean'])}"]
     parts += [f"{r['algorithm']}'s global model {show(r['node_mean'])} (its worst 10% of nodes "
               f"{show(r['worst10'])})" for r in glob]
@@ -249,7 +249,6 @@ def run_comparison(names: list[str], args, console: Console) -> int:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
     results = ResultsFolder.open(folder, resolved_config(args, algorithms), sys.argv[1:])
-    comparison = None
     try:
         with progress_bars(console) as progress:
             tasks = {a.name: progress.add_task(a.name, total=fed.rounds, metrics="waiting",

@@ -113,7 +113,8 @@ def summarize(comparison: Comparison) -> list[dict]:
     return rows
 
 
-def _fmt(value, metric: str | None = None) -> str:
+def format_metric(value, metric: str | None = None) -> str:
+    """A metric value as the tables show it ("—" when undefined)."""
     if value is None or not np.isfinite(value):
         return "—"
     if metric in ("accuracy", "balanced_accuracy"):
@@ -147,9 +148,10 @@ def summary_table(comparison: Comparison, metric: str | None = None, *,
     share = lambda s: "—" if s is None else f"{100 * s:.0f}%"
     for row in rows:
         table.add_row(
-            row["algorithm"], row["kind"], _fmt(row["weighted_mean"], metric),
-            _fmt(row["node_mean"], metric), _fmt(row["node_std"], metric),
-            _fmt(row["worst10"], metric), share(row["beats_global"]), share(row["beats_local"]),
+            row["algorithm"], row["kind"], format_metric(row["weighted_mean"], metric),
+            format_metric(row["node_mean"], metric), format_metric(row["node_std"], metric),
+            format_metric(row["worst10"], metric), share(row["beats_global"]),
+            share(row["beats_local"]),
         )
     return table
 
@@ -183,7 +185,8 @@ def node_table(comparison: Comparison, max_rows: int = 10, metric: str | None = 
     for k in nodes:
         table.add_row(
             data.names[k], str(data.train.counts[k]), str(data.test.counts[k]),
-            *[_fmt(comparison.result(n).per_node[kd][metric][k], metric) for n, kd in cols],
+            *[format_metric(comparison.result(n).per_node[kd][metric][k], metric)
+              for n, kd in cols],
         )
     return table
 
