@@ -147,6 +147,7 @@ def test_partial_participation_keeps_the_stale_rows_of_absent_nodes():
     ({"lam": -0.1}, "lam must be"),
     ({"lam2": -1.0}, "lam2 must be"),
     ({"lam": float("nan")}, "lam must be"),
+    ({"lam": "0.1"}, "lam must be a finite number >= 0, got '0.1'"),
     ({"eps": 0.0}, "eps must be"),
     ({"omega_every": 0}, "omega_every"),
     ({"omega": "clusters"}, "omega must be"),

@@ -4,11 +4,12 @@ models pulled toward the global one)."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
@@ -43,11 +44,13 @@ class MochaServer(NamedTuple):
     round: jax.Array
 
 
-def _check(name: str, value: float, *, positive: bool = False) -> float:
-    ok = np.isfinite(value) and (value > 0 if positive else value >= 0)
-    if isinstance(value, bool) or not ok:
-        raise AlgorithmError(f"mocha: {name} must be a finite number {'>' if positive else '>='}"
-                             f" 0, got {value!r}")
+def _number(algorithm: str, argument: str, value, *, positive: bool = False) -> float:
+    """`value` as a float that is finite and >= 0 (> 0 if `positive`), or a named error."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
+        value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise AlgorithmError(f"{algorithm}: {argument} must be a finite number "
+                             f"{'>' if positive else '>='} 0, got {value!r}")
     return float(value)
 
 
@@ -120,8 +123,8 @@ def mocha(
     Example:
       >>> algo = mocha(MLP(60, [64], 10, rngs=nnx.Rngs(0)), personal="head", lam=1e-2)
     """
-    lam, lam2 = _check("lam", lam), _check("lam2", lam2)
-    eps = _check("eps", eps, positive=True)
+    lam, lam2 = _number(name, "lam", lam), _number(name, "lam2", lam2)
+    eps = _number(name, "eps", eps, positive=True)
     if isinstance(omega_every, bool) or not isinstance(omega_every, int) or omega_every < 1:
         raise AlgorithmError(f"{name}: omega_every must be an integer >= 1, got {omega_every!r}")
     model = Model.of(module, personal=personal)
@@ -245,9 +248,7 @@ def ditto(
     Example:
       >>> algo = ditto(MLP(60, [64], 10, rngs=nnx.Rngs(0)), lam=0.1)
     """
-    lam = float(lam) if not isinstance(lam, bool) and np.isfinite(lam) else -1.0
-    if lam < 0:
-        raise AlgorithmError("ditto: lam must be a finite number >= 0")
+    lam = _number("ditto", "lam", lam)
     model = Model.of(module, personal=None)
     opt = optimizer(local_optimizer, "ditto", "local_optimizer")
     v_opt = opt if personal_optimizer is None else optimizer(
