@@ -28,7 +28,14 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
-from fedmtl.training import Batch, Schedule, batch_rows, epoch_orders, steps_per_epoch
+from fedmtl.training import (
+    Batch,
+    Schedule,
+    batch_rows,
+    epoch_orders,
+    step_position,
+    steps_per_epoch,
+)
 
 _INIT, _ROUNDS, _FINETUNE = 0, 1, 2
 EVAL_BATCH = 64  # test rows per evaluation step
@@ -195,17 +202,19 @@ class Engine:
         self.algorithm, self.data, self.federation = algorithm, data, fed
         self.num_real = data.num_nodes
         self.num_nodes = data.num_nodes + empty_nodes
-        self.schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
+        self.schedule = Schedule(data.task, fed.batch_size, fed.local_epochs,
+                                 algorithm.prologue_epochs)
+        self.epochs = fed.local_epochs + algorithm.prologue_epochs  # passes per round
         # Passed to the jitted functions as arguments (never captured as constants).
         self.train = _split_arrays(data.train, empty_nodes)
         self.test = _split_arrays(data.test, empty_nodes)
         self.full_participation = fed.cohort_size is None or fed.cohort_size >= self.num_real
         self.cohort = self.num_nodes if self.full_participation else fed.cohort_size
-        steps = fed.local_epochs * steps_per_epoch(data.train.counts, fed.batch_size)
+        steps = self.epochs * steps_per_epoch(data.train.counts, fed.batch_size)
         self.lanes = min(_lane_count(fed, steps, self.cohort), self.cohort)
         self.makespan = lanes_lib.makespan(steps, self.lanes)
         computed = self.lanes * self.makespan * fed.batch_size
-        self.real_share = float(fed.local_epochs * data.train.counts.sum() / max(computed, 1))
+        self.real_share = float(self.epochs * data.train.counts.sum() / max(computed, 1))
         self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
         self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
@@ -236,7 +245,7 @@ class Engine:
     # ----- lanes -----
 
     def _train_lanes(self, tr: SplitArrays, ids, steps, num_lanes, start, step, finish, out, key,
-                     epochs):
+                     epochs, prologue=0):
         """Trains the nodes `ids` [C] for `steps` [C] steps each on `num_lanes` lanes.
 
         Args:
@@ -245,15 +254,15 @@ class Engine:
           finish: (out, node ids [L], slots [L], states [L, ...], done [L]) -> out.
           out: what `finish` accumulates into.
           key: stream of this pass; node k's orders and step keys derive from fold_in(key, k).
-          epochs: epochs of shuffled orders; a node's step s uses epoch s // ceil(n / B)
-            (clamped), batch s % ceil(n / B).
+          epochs, prologue: E training epochs after P prologue epochs, each shuffled; where a
+            node's step falls is `training.step_position`.
 
         Returns:
           (out, loss sum over real examples, examples seen).
         """
         b = self.federation.batch_size
         k_order, k_step = jnp.moveaxis(jax.vmap(jax.random.split)(self._per_node(key)), 1, 0)
-        orders = epoch_orders(k_order, tr.segment, tr.local, epochs).reshape(-1)
+        orders = epoch_orders(k_order, tr.segment, tr.local, epochs + prologue).reshape(-1)
         rows_total = tr.segment.shape[0]
         slot_ids = jnp.concatenate([ids, ids[:1]])  # slot C (no node) reads a real one, unused
         first_ids = slot_ids[jnp.zeros(num_lanes, jnp.int32)]
@@ -268,14 +277,15 @@ class Engine:
             )
             n = tr.counts[node]
             per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
-            epoch = jnp.minimum(pos.step // per_epoch, epochs - 1)
+            epoch, index, rotated = step_position(pos.step, per_epoch, epochs, prologue)
+            shuffle = jnp.minimum(rotated // per_epoch, epochs + prologue - 1)
             rows, mask = jax.vmap(batch_rows, in_axes=(None, 0, 0, 0, None))(
-                orders, epoch * rows_total + tr.offsets[node], n, pos.step % per_epoch, b
+                orders, shuffle * rows_total + tr.offsets[node], n, index, b
             )
             mask = mask & pos.active[:, None]
-            keys = jax.vmap(jax.random.fold_in)(k_step[node], pos.step)
+            keys = jax.vmap(jax.random.fold_in)(k_step[node], rotated)
             new, loss = jax.vmap(step, in_axes=(0, 0, 0, None))(
-                states, Batch(tr.x[rows], tr.y[rows], mask), keys, self.schedule.task
+                states, Batch(tr.x[rows], tr.y[rows], mask, epoch), keys, self.schedule.task
             )
             states = _select(pos.active, new, states)
             count = jnp.sum(mask, axis=1).astype(loss.dtype)
@@ -302,7 +312,7 @@ class Engine:
         else:
             ids = jax.random.permutation(k_cohort, self.num_real)[: self.cohort]
         n = tr.counts[ids]
-        steps = fed.local_epochs * steps_per_epoch(n, fed.batch_size)
+        steps = self.epochs * steps_per_epoch(n, fed.batch_size)
 
         start = lambda node: algo.start(for_node(broadcast, node), _gather(state.nodes, node))
         finish_node = lambda nodes, node, train_state: algo.finish(
@@ -320,7 +330,8 @@ class Engine:
 
         out = (state.nodes, _zeros(upload_shape, self.cohort))
         (nodes, uploads), loss, seen = self._train_lanes(
-            tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs
+            tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs,
+            algo.prologue_epochs,
         )
         weights = n.astype(jnp.float32)
         server = algo.server_update(state.server, uploads, weights, ids)

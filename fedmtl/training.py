@@ -21,19 +21,39 @@ from fedmtl.objectives import check_loss, masked_mean_loss
 
 
 class Batch(NamedTuple):
-    """One minibatch of one node: x [B, *F], y [B, ...], mask [B] (False: padding row)."""
+    """One minibatch of one node: x [B, *F], y [B, ...], mask [B] (False: padding row), and
+    `epoch` [] int32, the epoch of the round it belongs to: 0..E-1 for the E training epochs,
+    -P..-1 for an algorithm's P prologue epochs (`Algorithm.prologue_epochs`), which come
+    first."""
 
     x: jax.Array
     y: jax.Array
     mask: jax.Array
+    epoch: jax.Array | int = 0
 
 
 class Schedule(NamedTuple):
-    """Static shape of local training: the task's loss, batch size B and E local epochs."""
+    """Static shape of local training: the task's loss, batch size B, E local epochs and P
+    prologue epochs before them (`Algorithm.prologue_epochs`: e.g. IFCA's cluster choice)."""
 
     task: str = "classification"
     batch_size: int = 10
     epochs: int = 1
+    prologue: int = 0
+
+
+def step_position(step, per_epoch, epochs: int, prologue: int):
+    """Where a node's local step `step` falls in a round of P prologue and E training epochs of
+    `per_epoch` steps each: (epoch, batch within it, rotated step).
+
+    epoch is -P..-1 in the prologue, 0..E-1 after. The rotated step numbers the training
+    steps 0.. and the prologue's after them, so a step's shuffle order (`epoch_orders` index
+    rotated // per_epoch) and key (fold_in(step key, rotated)) are those it would have
+    without a prologue: training is the same whatever P.
+    """
+    total = (epochs + prologue) * per_epoch
+    rotated = (step - prologue * per_epoch) % total
+    return step // per_epoch - prologue, step % per_epoch, rotated
 
 
 class TrainState(NamedTuple):
@@ -169,9 +189,10 @@ def batch_rows(order: jax.Array, offset, n, step, batch_size: int):
 def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None, n=None):
     """One node's local steps on its own rows x [S, *F], y [S, ...], as the engine takes them.
 
-    Without `steps`: E * ceil(n / B) steps over E freshly shuffled epochs. With `steps`:
-    exactly that many, cycling through one shuffled pass (fine-tuning before evaluation).
-    Node key `key` splits into (order key, step key); step s gets fold_in(step key, s).
+    Without `steps`: (P + E) * ceil(n / B) steps over P prologue then E training epochs, each
+    freshly shuffled (`step_position`). With `steps`: exactly that many training steps,
+    cycling through one shuffled pass (fine-tuning before evaluation). Node key `key` splits
+    into (order key, step key); a step gets fold_in(step key, its rotated step).
 
     Args:
       n: real rows if rows n.. of x, y are padding (may be traced; default S). The scan then
@@ -183,19 +204,21 @@ def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = N
     """
     length, b = x.shape[0], schedule.batch_size
     n = length if n is None else n
-    epochs = schedule.epochs if steps is None else 1
-    total = int(steps_per_epoch(length, b)) * epochs if steps is None else steps
-    real = steps_per_epoch(n, b) * epochs if steps is None else jnp.where(n > 0, steps, 0)
+    epochs, prologue = (schedule.epochs, schedule.prologue) if steps is None else (1, 0)
+    rounds = epochs + prologue
+    total = int(steps_per_epoch(length, b)) * rounds if steps is None else steps
+    real = steps_per_epoch(n, b) * rounds if steps is None else jnp.where(n > 0, steps, 0)
     per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
     k_order, k_step = jax.random.split(key)
     padding = (jnp.arange(length) >= n).astype(jnp.int32)  # sorts padding rows last
-    orders = epoch_orders(k_order[None], padding, jnp.arange(length), epochs)
+    orders = epoch_orders(k_order[None], padding, jnp.arange(length), rounds)
 
     def one(state, s):
-        rows, mask = batch_rows(orders[jnp.minimum(s // per_epoch, epochs - 1)], 0, n,
-                                s % per_epoch, b)
-        new, loss = step(state, Batch(x[rows], y[rows], mask), jax.random.fold_in(k_step, s),
-                         schedule.task)
+        epoch, index, rotated = step_position(s, per_epoch, epochs, prologue)
+        rows, mask = batch_rows(orders[jnp.minimum(rotated // per_epoch, rounds - 1)], 0, n,
+                                index, b)
+        batch = Batch(x[rows], y[rows], mask, jnp.asarray(epoch, jnp.int32))
+        new, loss = step(state, batch, jax.random.fold_in(k_step, rotated), schedule.task)
         active = s < real
         state = jax.tree.map(lambda a, o: jnp.where(active, a, o), new, state)
         seen = jnp.where(active, jnp.sum(mask), 0).astype(loss.dtype)
@@ -214,6 +237,7 @@ def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule, 
     Returns:
       (upload, new node state, (loss sum over real examples, examples seen)).
     """
+    schedule = schedule._replace(prologue=algorithm.prologue_epochs)
     state = algorithm.start(broadcast, node_state)
     state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule, n=n)
     upload, node_state = algorithm.finish(broadcast, node_state, state)

@@ -50,6 +50,10 @@ class Algorithm(NamedTuple):
         model with local steps before testing; or None.
       extras: server state -> {name: array} to inspect after training (e.g. MOCHA's learned
         task covariance); or None.
+      prologue_epochs: P passes over the node's data before its E training epochs, for
+        algorithms that look at the data before training (IFCA's cluster choice, FedRep's
+        head epochs, FedALA's mixing weights): their steps see `Batch.epoch` < 0, and the
+        training epochs keep the shuffles and keys they would have without them.
     """
 
     name: str
@@ -64,6 +68,7 @@ class Algorithm(NamedTuple):
     models: Callable[[Any, Any], dict]
     finetune: Trainer | None = None
     extras: Callable[[Any], dict] | None = None
+    prologue_epochs: int = 0
 
 
 class PerNode(NamedTuple):
