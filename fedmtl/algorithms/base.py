@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -100,6 +101,27 @@ class ServerState(NamedTuple):
 
     params: Any
     opt_state: Any
+
+
+def number(algorithm: str, argument: str, value, *, positive: bool = False) -> float:
+    """`value` as a float that is finite and >= 0 (> 0 if `positive`).
+
+    Raises:
+      AlgorithmError: anything else (a bool, a string, NaN, ...), naming the algorithm and
+        argument.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
+        value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise AlgorithmError(f"{algorithm}: {argument} must be a finite number "
+                             f"{'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def squared_distance(a, b) -> jax.Array:
+    """‖a − b‖² summed over the leaves of two pytrees of one structure (proximal terms)."""
+    return sum(jnp.vdot(x - y, x - y) for x, y in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def optimizer(

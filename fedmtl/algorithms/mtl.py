@@ -4,8 +4,6 @@ models pulled toward the global one)."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -23,8 +21,10 @@ from fedmtl.algorithms.base import (
     delta,
     delta_server,
     loss_name,
+    number,
     optimizer,
     split_trainer,
+    squared_distance,
 )
 from fedmtl.models import Model
 from fedmtl.training import trainer
@@ -42,16 +42,6 @@ class MochaServer(NamedTuple):
     reported: jax.Array
     omega: relationship.Omega
     round: jax.Array
-
-
-def _number(algorithm: str, argument: str, value, *, positive: bool = False) -> float:
-    """`value` as a float that is finite and >= 0 (> 0 if `positive`), or a named error."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
-        value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise AlgorithmError(f"{algorithm}: {argument} must be a finite number "
-                             f"{'>' if positive else '>='} 0, got {value!r}")
-    return float(value)
 
 
 def mocha(
@@ -123,8 +113,8 @@ def mocha(
     Example:
       >>> algo = mocha(MLP(60, [64], 10, rngs=nnx.Rngs(0)), personal="head", lam=1e-2)
     """
-    lam, lam2 = _number(name, "lam", lam), _number(name, "lam2", lam2)
-    eps = _number(name, "eps", eps, positive=True)
+    lam, lam2 = number(name, "lam", lam), number(name, "lam2", lam2)
+    eps = number(name, "eps", eps, positive=True)
     if isinstance(omega_every, bool) or not isinstance(omega_every, int) or omega_every < 1:
         raise AlgorithmError(f"{name}: omega_every must be an integer >= 1, got {omega_every!r}")
     model = Model.of(module, personal=personal)
@@ -248,7 +238,7 @@ def ditto(
     Example:
       >>> algo = ditto(MLP(60, [64], 10, rngs=nnx.Rngs(0)), lam=0.1)
     """
-    lam = _number("ditto", "lam", lam)
+    lam = number("ditto", "lam", lam)
     model = Model.of(module, personal=None)
     opt = optimizer(local_optimizer, "ditto", "local_optimizer")
     v_opt = opt if personal_optimizer is None else optimizer(
@@ -259,8 +249,7 @@ def ditto(
     glob = split_trainer(model, opt, class_weights=class_weights, loss=loss)
 
     def prox(v, w):
-        return 0.5 * lam * sum(jnp.vdot(a - b, a - b) for a, b in
-                               zip(jax.tree.leaves(v), jax.tree.leaves(w), strict=True))
+        return 0.5 * lam * squared_distance(v, w)
 
     pers = trainer(lambda v, x: model.apply(v, model.personal, x), v_opt, prox, class_weights,
                    loss)
