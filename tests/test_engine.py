@@ -1,4 +1,4 @@
-"""Engine: the jitted round of vmapped lanes equals a plain per-node loop; the lane count,
+"""Engine mechanics (the per-algorithm harness is tests/test_harness.py): the lane count,
 empty nodes, jit and seeds change nothing they should not; evaluation matches a hand
 computation.
 
@@ -15,17 +15,15 @@ import pytest
 from flax import nnx
 
 from fedmtl import algorithms
-from fedmtl.algorithms import for_node
 from fedmtl.data import FederatedData
 from fedmtl.engine import DivergenceError, Engine, Federation
 from fedmtl.models import MLP
-from fedmtl.training import Schedule, node_round, node_steps
+from fedmtl.training import Schedule, node_steps
 
 SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: 1, 1, 3, 3, 3 steps at B = 4
 DIM, CLASSES = 4, 3
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
 BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
-TRACES = {}  # algorithm name -> times its step was traced
 
 
 def _data(sizes=SIZES, seed=0, names=None) -> FederatedData:
@@ -35,20 +33,9 @@ def _data(sizes=SIZES, seed=0, names=None) -> FederatedData:
     return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=seed, names=names)
 
 
-# Every algorithm of the registry passes the harness; coupled ones with a coupling that bites.
-HARNESS = list(algorithms.ALGORITHMS)
-HARNESS_KWARGS = {"mocha": {"lam": 0.5}, "ditto": {"lam": 0.5}}
-
-
 def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
-    algo = algorithms.ALGORITHMS[name](MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0)),
-                                       local_optimizer=lr, **HARNESS_KWARGS.get(name, {}))
-
-    def counted(*args):  # runs at trace time only: counts traces, not executions
-        TRACES[name] = TRACES.get(name, 0) + 1
-        return algo.step(*args)
-
-    return algo._replace(step=counted)
+    return algorithms.ALGORITHMS[name](MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0)),
+                                       local_optimizer=lr)
 
 
 @functools.cache
@@ -88,45 +75,6 @@ def _round_keys(seed: int, round_: int):
     """The engine's documented key derivation: (k_cohort, k_nodes) of a round."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), round_)
     return jax.random.split(key)
-
-
-def _loop_round(algo, data, fed, server, nodes, round_):
-    """One round as a plain Python loop over nodes of the unbatched `node_round`."""
-    _, k_nodes = _round_keys(fed.seed, round_)
-    schedule = Schedule(data.task, fed.batch_size, fed.local_epochs)
-    # jit only so each node's scan compiles once per node size (eagerly, every call would)
-    one_node = jax.jit(lambda *args: node_round(algo, *args, schedule))
-    broadcast = algo.broadcast(server)
-    uploads, new_nodes = [], []
-    for k in range(data.num_nodes):
-        upload, node, _ = one_node(
-            for_node(broadcast, k), jax.tree.map(lambda leaf, k=k: leaf[k], nodes),
-            *_node_rows(data.train, k), jax.random.fold_in(k_nodes, k),
-        )
-        uploads.append(upload)
-        new_nodes.append(node)
-    stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-    weights = jnp.asarray(data.train.counts, jnp.float32)
-    ids = jnp.arange(data.num_nodes)
-    return algo.server_update(server, stack(uploads), weights, ids), stack(new_nodes)
-
-
-# ----- the vmapped round is a per-node loop -----
-
-
-@pytest.mark.parametrize("name", HARNESS)
-def test_vmapped_rounds_equal_per_node_loop(name):
-    engine = _engine(name)
-    algo, data = engine.algorithm, engine.data
-    state = engine.init()
-    server, nodes = state.server, state.nodes
-    for round_ in range(2):
-        server, nodes = _loop_round(algo, data, BASE, server, nodes, round_)
-    got, history = engine.run(engine.init(), 2)
-    assert int(got.round) == 2
-    _assert_close(got.server, server)
-    _assert_close(got.nodes, nodes)
-    np.testing.assert_array_equal(history["participants"], [data.num_nodes] * 2)
 
 
 # ----- layout invariance -----
@@ -221,35 +169,6 @@ def test_same_seed_identical_different_seed_different():
     for x, y in zip(jax.tree.leaves(a.server.params), jax.tree.leaves(d.server.params),
                     strict=True):
         assert not np.allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", [  # op by op is slow: two algorithms by default, all in CI
-    name if name in ("fedavg", "mocha") else pytest.param(name, marks=pytest.mark.slow)
-    for name in HARNESS
-])
-def test_jit_equals_no_jit(name):
-    engine = _engine(name)
-    jitted, hj = engine.run(engine.init(), 1)
-    with jax.disable_jit():  # the same Python code, op by op
-        eager, he = engine.run(engine.init(), 1)
-    _assert_close(jitted.server, eager.server)
-    _assert_close(jitted.nodes, eager.nodes)
-    np.testing.assert_allclose(hj["train_loss"], he["train_loss"], rtol=1e-5)
-    np.testing.assert_array_equal(hj["participants"], he["participants"])
-
-
-@pytest.mark.parametrize("name", HARNESS)
-def test_second_round_does_not_retrace(name):
-    engine = _engine(name)
-    state, _ = engine.run(engine.init(), 1)
-    traces = TRACES[name]
-    assert traces >= 1 and engine._run._cache_size() == 1
-    state, _ = engine.run(state, 1)
-    state, _ = engine.run(state, 2)  # two more one-round chunks (rounds_per_sync=1)
-    assert TRACES[name] == traces and engine._run._cache_size() == 1
-    engine.evaluate(state)
-    engine.evaluate(state)
-    assert engine._evaluate._cache_size() == 1
 
 
 # ----- evaluation -----
