@@ -4,6 +4,8 @@ and compare, per node, the global, the personalized and each node's own local mo
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import sys
 from pathlib import Path
 
@@ -101,8 +103,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=bounded(float, above=0), default=None,
                    help="local SGD learning rate (default: the data set's, "
                    + ", ".join(f"{v} for {k}" for k, v in DEFAULT_LR.items()) + ")")
-    g.add_argument("--server-lr", type=bounded(float, above=0), default=1.0,
-                   help="server SGD learning rate on the averaged delta (default 1: FedAvg)")
+    g.add_argument("--server-lr", type=bounded(float, above=0), default=None,
+                   help="server learning rate on the averaged delta (default: each "
+                   "algorithm's own, 1 for FedAvg's plain average)")
+    g.add_argument("--param", action="append", default=[], metavar="ALGORITHM.KEY=VALUE",
+                   help="an algorithm's own hyper-parameter, e.g. fedprox.mu=0.1 or "
+                   "ifca.clusters=3 (repeatable; each factory's docstring lists its own)")
     g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
                    help="local steps that personalize a global model before testing "
                    "(default 5; 0 disables)")
@@ -150,14 +156,56 @@ def load_data(args) -> FederatedData:
     return data.standardize_targets() if data.task == "regression" else data
 
 
-def build_algorithms(names: list[str], data: FederatedData, args) -> list[algos.Algorithm]:
+def parse_params(items: list[str], names: list[str]) -> dict[str, dict]:
+    """`--param ALGORITHM.KEY=VALUE` options as {algorithm: {key: value}}; VALUE is a Python
+    literal (0.1, 3, True, 'head') or else taken as a string.
+
+    Raises:
+      CliError: a malformed item, an algorithm not in the run, or a keyword its factory does
+        not take (the message lists the ones it does).
+    """
+    params: dict[str, dict] = {}
+    for item in items:
+        head, sep, raw = item.partition("=")
+        algorithm, dot, key = head.strip().partition(".")
+        if not (sep and dot and algorithm and key):
+            raise CliError(f"--param {item!r}: expected ALGORITHM.KEY=VALUE, e.g. fedprox.mu=0.1")
+        if algorithm not in names:
+            raise CliError(f"--param {item!r}: {algorithm} is not among the algorithms run "
+                           f"({', '.join(names)})")
+        accepted = [p.name for p in inspect.signature(algos.ALGORITHMS[algorithm]).parameters
+                    .values() if p.kind is p.KEYWORD_ONLY]
+        if key not in accepted:
+            raise CliError(f"--param {item!r}: {algorithm} takes no {key!r}; it takes "
+                           f"{', '.join(accepted)}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        params.setdefault(algorithm, {})[key] = value
+    return params
+
+
+def build_algorithms(names: list[str], data: FederatedData, args,
+                     optional: frozenset = frozenset(), notes: list | None = None
+                     ) -> list[algos.Algorithm]:
+    """Each named algorithm on a fresh copy of the model, with the run's options.
+
+    Args:
+      optional: names that are left out, with a line in `notes`, when they do not apply to
+        the model (their factory raises `AlgorithmError`, e.g. FedPer on a model without a
+        body): what `--algorithms all` runs.
+    """
     unknown = [n for n in names if n not in algos.ALGORITHMS]
     if unknown:
         raise CliError(f"unknown algorithm(s) {', '.join(unknown)}; "
-                       f"choose from {', '.join(algos.ALGORITHMS)}")
+                       f"choose from {', '.join(algos.ALGORITHMS)} or all")
     if data.task == "regression" and args.loss not in (None, "squared"):
         raise CliError(f"--loss {args.loss} is for classification; {args.dataset} is regression "
                        "(use squared, the default)")
+    if args.class_weights == "balanced" and data.task != "classification":
+        raise CliError("--class-weights balanced needs a classification task")
+    params = parse_params(args.param, names)
     outputs = data.num_classes or 1
     result = []
     for name in names:
@@ -165,12 +213,16 @@ def build_algorithms(names: list[str], data: FederatedData, args) -> list[algos.
                               hidden=args.hidden)
         kwargs = {"local_optimizer": args.lr, "loss": args.loss}
         if args.class_weights == "balanced":
-            if data.task != "classification":
-                raise CliError("--class-weights balanced needs a classification task")
             kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
-        if name != "local":
+        if name != "local" and args.server_lr is not None:
             kwargs["server_optimizer"] = args.server_lr
-        result.append(algos.ALGORITHMS[name](module, **kwargs))
+        try:
+            result.append(algos.ALGORITHMS[name](module, **{**kwargs, **params.get(name, {})}))
+        except algos.AlgorithmError as e:
+            if name not in optional:
+                raise
+            if notes is not None:
+                notes.append(f"{name} left out: {e}")
     return result
 
 
@@ -240,10 +292,17 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     folder = check_writable(args.out)  # before any data is loaded or model trained
     if args.lr is None:
         args.lr = DEFAULT_LR.get(args.dataset, DEFAULT_LR["other data sets"])
+    every = "all" in names
+    if every:  # every algorithm of the library, in the registry's order
+        names = list(dict.fromkeys([*algos.ALGORITHMS, *(n for n in names if n != "all")]))
     data = load_data(args)
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
-    algorithms = build_algorithms(names, data, args)
+    notes: list[str] = []
+    algorithms = build_algorithms(names, data, args, frozenset(names) if every else frozenset(),
+                                  notes)
+    for note in notes:
+        console.print(f"[yellow]note[/]: {note}")
     fed = federation(args)
     if fed.cohort_size is not None and fed.cohort_size > data.num_nodes:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
@@ -293,6 +352,12 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     return 0
 
 
+def algorithm_list() -> str:
+    """The registry, one line per algorithm (for --help)."""
+    width = max(map(len, algos.ALGORITHMS))
+    return "\n".join(f"  {name:<{width}}  {algos.SUMMARIES[name]}" for name in algos.ALGORITHMS)
+
+
 REPORT_HELP = """\
 the report: one row per node, one column per algorithm and model kind, each the node's test
 accuracy (classification) or RMSE in the data's units (regression):
@@ -328,11 +393,12 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser(
         "compare", help="train several algorithms on the same nodes and seed, report per node",
         description="Train several algorithms (and the local-only baseline) on the same "
-        "nodes with the same seed, then report every node's test metric side by side.",
+        "nodes with the same seed, then report every node's test metric side by side.\n\n"
+        "algorithms:\n" + algorithm_list(),
         epilog=REPORT_HELP, formatter_class=raw)
     cmp_.add_argument("--algorithms", default="local,fedavg,fedper",
-                      help="comma-separated, from " + ", ".join(algos.ALGORITHMS)
-                      + " (default local,fedavg,fedper)")
+                      help="comma-separated names (listed above), or all: every algorithm "
+                      "that applies to the model (default local,fedavg,fedper)")
     for p in (run, cmp_):
         add_data_arguments(p)
         add_training_arguments(p)

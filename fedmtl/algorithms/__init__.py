@@ -1,8 +1,9 @@
 """Federated algorithms: factories returning an `Algorithm` of pure per-node functions.
 
-One module per family; `ALGORITHMS` maps each name to its factory (the CLI, the test harness
-and `fedmtl compare --algorithms` run over it). Adding an algorithm is one module and one
-line here.
+One module per family, the shared pieces (optimizers, splits, trainers, the delta server,
+proximal terms) in `base`. `ALGORITHMS` maps each name to its factory and `SUMMARIES` to one
+line on what it does; the CLI, `fedmtl compare --algorithms all` and the test harness run over
+them. Adding an algorithm is one module and one line in `_REGISTRY`.
 """
 
 from fedmtl.algorithms.base import (
@@ -17,11 +18,18 @@ from fedmtl.algorithms.local import local
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
 from fedmtl.algorithms.split import fedper
 
-ALGORITHMS = {
-    "local": local, "fedavg": fedavg, "fedper": fedper, "mocha": mocha, "ditto": ditto,
-}
+_REGISTRY = [  # (name, factory, what it does in one line)
+    ("local", local, "each node trains its own model; nothing is exchanged"),
+    ("fedavg", fedavg, "one global model, the example-weighted average of local updates"),
+    ("fedper", fedper, "federated body, a personal head per node"),
+    ("mocha", mocha, "personal models coupled by a learned task-relationship matrix Ω"),
+    ("ditto", ditto, "a personal model per node pulled toward the global FedAvg model"),
+]
+
+ALGORITHMS = {name: factory for name, factory, _ in _REGISTRY}
+SUMMARIES = {name: summary for name, _, summary in _REGISTRY}
 
 __all__ = [
-    "ALGORITHMS", "Algorithm", "AlgorithmError", "PerNode", "ServerState", "ditto", "fedavg",
-    "fedper", "for_node", "graph_mtl", "local", "mocha",
+    "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",
+    "ditto", "fedavg", "fedper", "for_node", "graph_mtl", "local", "mocha",
 ]
