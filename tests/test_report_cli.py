@@ -2,6 +2,7 @@
 newcomer's help, and a tiny end-to-end comparison that writes its files."""
 
 import csv
+import functools
 import io
 import json
 
@@ -179,6 +180,12 @@ TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4
         (["compare", "--loss", "svm"], "invalid choice"),
         (["compare", "--dataset", "turbofan", "--loss", "hinge"], "--loss hinge is for "
          "classification"),
+        (["compare", *TINY, "--param", "fedavg-lr=1"], "expected ALGORITHM.KEY=VALUE"),
+        (["compare", *TINY, "--param", "ditto.lam=1"], "ditto is not among the algorithms run"),
+        (["compare", *TINY, "--param", "fedavg.mu=1"], "fedavg takes no 'mu'; it takes "
+         "local_optimizer"),
+        (["compare", *TINY, "--algorithms", "fedper", "--model", "logreg"], "fedper: "
+         "personal='head' matches every parameter of LogisticRegression"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
@@ -280,3 +287,56 @@ def test_each_progress_bar_times_its_own_algorithm(tmp_path, monkeypatch):
     for before, after in zip(tasks, tasks[1:], strict=False):
         # a bar's clock starts when its algorithm starts, after the previous one stopped
         assert before.stop_time is not None and after.start_time >= before.stop_time
+
+
+def _algorithms_run(monkeypatch, argv) -> tuple[list, str]:
+    """The algorithms `fedmtl compare` would train (training itself is skipped)."""
+    seen = []
+
+    def fake_compare(algorithms, data, fed, *args, **kwargs):
+        seen.extend(algorithms)
+        raise KeyboardInterrupt  # stop before any training
+
+    monkeypatch.setattr(cli, "compare", fake_compare)
+    console = io.StringIO()
+    monkeypatch.setattr(cli, "Console", lambda: Console(file=console, width=200))
+    assert cli.main(argv) == 130
+    return seen, console.getvalue()
+
+
+def test_cli_all_runs_every_algorithm_that_applies_to_the_model(monkeypatch, tmp_path):
+    seen, _ = _algorithms_run(monkeypatch, ["compare", "--algorithms", "all", *TINY,
+                                            "--out", str(tmp_path)])
+    applies = [n for n in fedmtl.algorithms.ALGORITHMS if n not in ("fedbn",)]
+    assert [a.name for a in seen][: len(applies)] == applies
+    seen, out = _algorithms_run(monkeypatch, ["compare", "--algorithms", "all", *TINY,
+                                              "--model", "logreg", "--out", str(tmp_path)])
+    assert "fedavg" in [a.name for a in seen] and "fedper" not in [a.name for a in seen]
+    assert "note: fedper left out: fedper: personal='head' matches every parameter" in out
+
+
+def test_cli_param_reaches_the_factory(monkeypatch, tmp_path):
+    seen, _ = _algorithms_run(monkeypatch, [
+        "compare", "--algorithms", "ditto", *TINY, "--param", "ditto.lam=0.25",
+        "--param", "ditto.personal_optimizer=0.5", "--out", str(tmp_path)])
+    calls = []
+    real = fedmtl.algorithms.ALGORITHMS["ditto"]
+
+    @functools.wraps(real)
+    def recorded(module, **kwargs):
+        calls.append(kwargs)
+        return real(module, **kwargs)
+
+    monkeypatch.setitem(fedmtl.algorithms.ALGORITHMS, "ditto", recorded)
+    _algorithms_run(monkeypatch, ["compare", "--algorithms", "ditto", *TINY, "--param",
+                                  "ditto.lam=0.25", "--out", str(tmp_path)])
+    assert calls[0]["lam"] == 0.25 and "server_optimizer" not in calls[0]
+    assert [a.name for a in seen] == ["local", "ditto"]
+
+
+def test_cli_help_lists_every_algorithm_with_one_line(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for name, summary in fedmtl.algorithms.SUMMARIES.items():
+        assert any(ln.split()[:1] == [name] and summary in ln for ln in lines), name
