@@ -94,6 +94,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    "local, fedavg, ditto and mocha, not fedper")
     g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=[64],
                    help="MLP hidden sizes (default 64)")
+    g.add_argument("--norm", choices=("none", "layer"), default="none",
+                   help="layer: a LayerNorm after each hidden layer of mlp / conv of conv1d "
+                   "(FedBN's personal parameters; default none)")
     g.add_argument("--rounds", type=bounded(int, minimum=0), default=DEFAULT_ROUNDS,
                    help=f"rounds (default {DEFAULT_ROUNDS})")
     g.add_argument("--cohort-size", type=bounded(int, minimum=1), default=None,
@@ -210,7 +213,7 @@ def build_algorithms(names: list[str], data: FederatedData, args,
     result = []
     for name in names:
         module = models.build(args.model, data.feature_shape, outputs, seed=args.seed,
-                              hidden=args.hidden)
+                              hidden=args.hidden, norm=None if args.norm == "none" else args.norm)
         kwargs = {"local_optimizer": args.lr, "loss": args.loss}
         if args.class_weights == "balanced":
             kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
@@ -244,6 +247,7 @@ def resolved_config(args, algorithms: list[algos.Algorithm]) -> dict:
         "options": options,
         "algorithms": [a.name for a in algorithms],
         "model": {"name": args.model, "hidden": args.hidden if args.model == "mlp" else None,
+                  "norm": args.norm,
                   "parameters": model.num_params()},
     }
 

@@ -59,7 +59,12 @@ class Model:
             for regression).
           personal: which parameters stay on the node: a path substring such as "head", any NNX
             filter, True (all: local training) or None (none: FedAvg).
+
+        Raises:
+          UnsupportedModel: the module keeps running statistics (`nnx.BatchStat`, e.g.
+            `nnx.BatchNorm`), which training would never update.
         """
+        _check_no_batch_stats(module)
         graphdef, personal_params, shared, rest = nnx.split(
             module, _filter(personal), nnx.Param, ...
         )
@@ -72,6 +77,31 @@ class Model:
     def num_params(self) -> int:
         leaves = jax.tree.leaves((self.shared, self.personal))
         return int(sum(leaf.size for leaf in leaves))
+
+
+class UnsupportedModel(ValueError):
+    """A module fedmtl cannot train faithfully; the message names the module, the layers and
+    what to use instead."""
+
+
+def _check_no_batch_stats(module: nnx.Module) -> None:
+    """Raises `UnsupportedModel` if `module` keeps running statistics (`nnx.BatchStat`).
+
+    A `Model` trains parameters only and keeps the rest constant, so BatchNorm's running
+    statistics would silently stay at their initial values, and in training mode the padding
+    rows of a batch would enter its batch statistics.
+    """
+    stats = nnx.state(module, nnx.BatchStat)
+    paths = ["/".join(map(str, path)) for path, _ in nnx.to_flat_state(stats)]
+    if paths:
+        shown = ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else "")
+        raise UnsupportedModel(
+            f"{type(module).__name__} keeps running statistics (BatchStat variables {shown}, "
+            f"e.g. of nnx.BatchNorm), which fedmtl does not support: training updates "
+            f"parameters only, so they would never train, and padding rows would enter the batch "
+            f"statistics; use nnx.LayerNorm or nnx.GroupNorm instead (e.g. MLP(..., "
+            f"norm=\"layer\"))"
+        )
 
 
 class ModelDataMismatch(ValueError):
@@ -149,59 +179,97 @@ class LogisticRegression(nnx.Module):
         return self.head(x.reshape(x.shape[0], -1))
 
 
+NORMS = ("layer",)  # the normalization layers the built-in models can add
+
+
+def _norms(norm: str | None, sizes: Sequence[int], rngs: nnx.Rngs) -> nnx.List | None:
+    """One normalization layer per hidden layer of the given feature sizes, or None."""
+    if norm is None:
+        return None
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected None or one of: {', '.join(NORMS)}")
+    return nnx.List([nnx.LayerNorm(size, rngs=rngs) for size in sizes])
+
+
 class MLP(nnx.Module):
-    """A ReLU MLP whose hidden layers form the `body` and whose output layer is the `head`."""
+    """A ReLU MLP whose hidden layers form the `body` and whose output layer is the `head`.
+
+    Args:
+      norm: None (default): no normalization. "layer": a LayerNorm after each hidden layer,
+        before its ReLU, held in `norms` (so the path filter "norms" finds their parameters,
+        FedBN's personal ones). The body and head start from the same values either way.
+    """
 
     def __init__(
-        self, in_features: int, hidden: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs
+        self, in_features: int, hidden: Sequence[int], num_outputs: int, *,
+        norm: str | None = None, rngs: nnx.Rngs,
     ):
         sizes = [in_features, *hidden]
         self.body = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
         self.head = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
+        norms = _norms(norm, hidden, rngs)  # drawn last: body and head keep their values
+        if norms is not None:
+            self.norms = norms
 
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        for layer in self.body:
-            x = jax.nn.relu(layer(x))
+        norms = getattr(self, "norms", None)
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            x = jax.nn.relu(x if norms is None else norms[i](x))
         return self.head(x)
 
 
 class Conv1D(nnx.Module):
-    """A small 1-D conv net for windows [B, T, C]: two conv layers, mean pooling, then `head`."""
+    """A small 1-D conv net for windows [B, T, C]: two conv layers, mean pooling, then `head`.
+
+    Args:
+      norm: None (default) or "layer": a LayerNorm over the channels after each conv, before
+        its ReLU, held in `norms` (as in `MLP`).
+    """
 
     def __init__(
         self, in_channels: int, num_outputs: int, *, channels: int = 32, kernel: int = 5,
-        rngs: nnx.Rngs,
+        norm: str | None = None, rngs: nnx.Rngs,
     ):
         self.body = nnx.List([
             nnx.Conv(in_channels, channels, (kernel,), strides=(2,), rngs=rngs),
             nnx.Conv(channels, channels, (kernel,), strides=(2,), rngs=rngs),
         ])
         self.head = nnx.Linear(channels, num_outputs, rngs=rngs)
+        norms = _norms(norm, [channels, channels], rngs)
+        if norms is not None:
+            self.norms = norms
 
     def __call__(self, x):
-        for layer in self.body:
-            x = jax.nn.relu(layer(x))
+        norms = getattr(self, "norms", None)
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            x = jax.nn.relu(x if norms is None else norms[i](x))
         return self.head(jnp.mean(x, axis=1))
 
 
 def build(name: str, feature_shape: tuple[int, ...], num_outputs: int, *, seed: int = 0,
-          hidden: Sequence[int] = (64,)) -> nnx.Module:
+          hidden: Sequence[int] = (64,), norm: str | None = None) -> nnx.Module:
     """A built-in model by name: "logreg", "linear" (logistic regression without a bias),
-    "mlp" or "conv1d"."""
+    "mlp" or "conv1d"; `norm` ("layer") adds normalization layers to "mlp" and "conv1d"
+    (FedBN's personal parameters; see `MLP`)."""
     rngs = nnx.Rngs(seed)
     in_features = 1
     for d in feature_shape:
         in_features *= d
     if name in ("logreg", "linear"):
+        if norm is not None:
+            raise ValueError(f"{name} has no hidden layers to normalize (norm={norm!r}); use "
+                             f"mlp or conv1d")
         return LogisticRegression(in_features, num_outputs, use_bias=name == "logreg",
                                   rngs=rngs)
     if name == "mlp":
-        return MLP(in_features, hidden, num_outputs, rngs=rngs)
+        return MLP(in_features, hidden, num_outputs, norm=norm, rngs=rngs)
     if name == "conv1d":
         if len(feature_shape) != 2:
             raise ValueError(f"conv1d needs features [T, C], got shape {feature_shape}")
-        return Conv1D(feature_shape[1], num_outputs, rngs=rngs)
+        return Conv1D(feature_shape[1], num_outputs, norm=norm, rngs=rngs)
     raise ValueError(f"unknown model {name!r}; expected one of: logreg, linear, mlp, conv1d")

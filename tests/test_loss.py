@@ -130,9 +130,14 @@ def test_trainer_default_is_unchanged():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def _mlp(name: str) -> MLP:
+    """A small MLP, with normalization layers for FedBN (whose personal part they are)."""
+    return MLP(3, (4,), 2, norm="layer" if name == "fedbn" else None, rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
 def test_every_factory_names_an_unknown_loss(name):
-    module = MLP(3, (4,), 2, rngs=nnx.Rngs(0))
+    module = _mlp(name)
     with pytest.raises(algorithms.AlgorithmError, match=rf"^{name}: unknown loss 'svm'; "):
         algorithms.ALGORITHMS[name](module, loss="svm")
 
@@ -142,7 +147,7 @@ def test_every_factory_names_an_unknown_loss(name):
 def test_every_factory_trains_on_the_loss_it_is_given(name, loss):
     """A node's first step reports its loss at the start parameters: the named loss of the
     model it starts from (for Ditto, the global model's)."""
-    algo = algorithms.ALGORITHMS[name](MLP(3, (4,), 2, rngs=nnx.Rngs(0)), loss=loss)
+    algo = algorithms.ALGORITHMS[name](_mlp(name), loss=loss)
     key = jax.random.key(0)
     received = for_node(algo.broadcast(algo.init(key, 2)), 0)
     node = algo.init_node(key)

@@ -15,16 +15,27 @@ from fedmtl.algorithms.base import (
     ServerState,
     for_node,
 )
-from fedmtl.algorithms.global_ import fedavg
+from fedmtl.algorithms.global_ import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi
 from fedmtl.algorithms.local import local
 from fedmtl.algorithms.meta import perfedavg, pfedme
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
-from fedmtl.algorithms.split import fedper
+from fedmtl.algorithms.scaffold import scaffold
+from fedmtl.algorithms.split import fedbabu, fedbn, fedper, fedrep, lg_fedavg
 
 _REGISTRY = [  # (name, factory, what it does in one line)
     ("local", local, "each node trains its own model; nothing is exchanged"),
     ("fedavg", fedavg, "one global model, the example-weighted average of local updates"),
+    ("fedprox", fedprox, "FedAvg whose local steps are pulled toward the global model"),
+    ("scaffold", scaffold, "FedAvg with control variates correcting each node's drift"),
+    ("fedavgm", fedavgm, "FedAvg with server momentum"),
+    ("fedadagrad", fedadagrad, "FedAvg with an Adagrad server optimizer"),
+    ("fedadam", fedadam, "FedAvg with an Adam server optimizer"),
+    ("fedyogi", fedyogi, "FedAvg with a Yogi server optimizer"),
     ("fedper", fedper, "federated body, a personal head per node"),
+    ("fedrep", fedrep, "federated body, personal head trained first with the body frozen"),
+    ("lg_fedavg", lg_fedavg, "personal body (local representation), federated head"),
+    ("fedbabu", fedbabu, "federated body under a frozen random head, all fine-tuned at test"),
+    ("fedbn", fedbn, "FedAvg with personal normalization layers"),
     ("mocha", mocha, "personal models coupled by a learned task-relationship matrix Ω"),
     ("ditto", ditto, "a personal model per node pulled toward the global FedAvg model"),
     ("pfedme", pfedme, "personal models solved around each node's copy of the global model "
@@ -40,6 +51,7 @@ SUMMARIES = {name: summary for name, _, summary in _REGISTRY}
 
 __all__ = [
     "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",
-    "ditto", "fedavg", "fedper", "for_node", "graph_mtl", "local", "mocha", "perfedavg",
-    "pfedme",
+    "ditto", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper",
+    "fedprox", "fedrep", "fedyogi", "for_node", "graph_mtl", "lg_fedavg", "local", "mocha",
+    "perfedavg", "pfedme", "scaffold",
 ]
