@@ -6,8 +6,6 @@ line on what it does; the CLI, `fedmtl compare --algorithms all` and the test ha
 them. Adding an algorithm is one module and one line in `_REGISTRY`.
 """
 
-import functools
-
 from fedmtl.algorithms.base import (
     Algorithm,
     AlgorithmError,
@@ -17,7 +15,7 @@ from fedmtl.algorithms.base import (
 )
 from fedmtl.algorithms.global_ import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi
 from fedmtl.algorithms.local import local
-from fedmtl.algorithms.meta import perfedavg, pfedme
+from fedmtl.algorithms.meta import perfedavg, perfedavg_hf, pfedme
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
 from fedmtl.algorithms.scaffold import scaffold
 from fedmtl.algorithms.split import fedbabu, fedbn, fedper, fedrep, lg_fedavg
@@ -42,8 +40,8 @@ _REGISTRY = [  # (name, factory, what it does in one line)
      "(Moreau envelopes)"),
     ("perfedavg", perfedavg, "a global model meta-learned (first-order MAML) to personalize "
      "in one local step"),
-    ("perfedavg_hf", functools.partial(perfedavg, variant="hf"),
-     "Per-FedAvg with the Hessian-vector term of MAML's meta-gradient"),
+    ("perfedavg_hf", perfedavg_hf, "Per-FedAvg with the Hessian-vector term of MAML's "
+     "meta-gradient"),
 ]
 
 ALGORITHMS = {name: factory for name, factory, _ in _REGISTRY}
@@ -53,5 +51,5 @@ __all__ = [
     "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",
     "ditto", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper",
     "fedprox", "fedrep", "fedyogi", "for_node", "graph_mtl", "lg_fedavg", "local", "mocha",
-    "perfedavg", "pfedme", "scaffold",
+    "perfedavg", "perfedavg_hf", "pfedme", "scaffold",
 ]

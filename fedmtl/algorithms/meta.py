@@ -307,3 +307,18 @@ def perfedavg(
         finetune=split_trainer(model, optax.sgd(alpha), class_weights=class_weights,
                                loss=loss),
     )
+
+
+def perfedavg_hf(
+    module: nnx.Module,
+    *,
+    alpha: float = 0.005,
+    local_optimizer: optax.GradientTransformation | float = 0.001,
+    server_optimizer: optax.GradientTransformation | float = 1.0,
+    class_weights=None,
+    loss: str | None = None,
+) -> Algorithm:
+    """Per-FedAvg's Hessian-free variant: `perfedavg(module, variant="hf", ...)`, whose
+    meta-gradient keeps the Hessian-vector term (I − α ∇²f(w; D'')) ∇f(w − α∇f(w; D); D')."""
+    return perfedavg(module, variant="hf", alpha=alpha, local_optimizer=local_optimizer,
+                     server_optimizer=server_optimizer, class_weights=class_weights, loss=loss)
