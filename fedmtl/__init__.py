@@ -6,15 +6,32 @@ server_update → evaluation (global vs local vs personalized, per node) → rep
 
 from fedmtl.aggregation import weighted_mean
 from fedmtl.algorithms import (
+    ALGORITHMS,
     Algorithm,
     AlgorithmError,
     PerNode,
+    apfl,
     ditto,
+    fedadagrad,
+    fedadam,
+    fedala,
     fedavg,
+    fedavgm,
+    fedbabu,
+    fedbn,
     fedper,
+    fedprox,
+    fedrep,
+    fedyogi,
     graph_mtl,
+    ifca,
+    lg_fedavg,
     local,
     mocha,
+    perfedavg,
+    perfedavg_hf,
+    pfedme,
+    scaffold,
 )
 from fedmtl.data import FederatedData, FederatedDataError
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
@@ -26,9 +43,11 @@ from fedmtl.synthetic import planted_groups, synthetic
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison", "Conv1D",
-    "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData", "FederatedDataError",
-    "Federation", "LogisticRegression", "Model", "ModelDataMismatch", "PerNode", "ResultsFolder",
-    "compare", "ditto", "fedavg", "fedper", "graph_mtl", "local", "mocha", "planted_groups",
-    "run_algorithm", "synthetic", "weighted_mean", "write_results",
+    "ALGORITHMS", "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison",
+    "Conv1D", "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData",
+    "FederatedDataError", "Federation", "LogisticRegression", "Model", "ModelDataMismatch",
+    "PerNode", "ResultsFolder", "compare", "graph_mtl", "planted_groups", "run_algorithm",
+    "synthetic", "weighted_mean", "write_results", "apfl", "ditto", "fedadagrad", "fedadam",
+    "fedala", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi",
+    "ifca", "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",
 ]

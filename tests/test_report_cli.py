@@ -5,6 +5,7 @@ import csv
 import functools
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,3 +341,11 @@ def test_cli_help_lists_every_algorithm_with_one_line(capsys):
     lines = capsys.readouterr().out.splitlines()
     for name, summary in fedmtl.algorithms.SUMMARIES.items():
         assert any(ln.split()[:1] == [name] and summary in ln for ln in lines), name
+
+
+def test_docs_list_every_algorithm():
+    """docs/algorithms.md has one table row per registered algorithm."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "algorithms.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines()
+            if line.startswith("| `")}
+    assert set(fedmtl.algorithms.ALGORITHMS) <= rows

@@ -13,9 +13,11 @@ from fedmtl.algorithms.base import (
     ServerState,
     for_node,
 )
+from fedmtl.algorithms.clustered import ifca
 from fedmtl.algorithms.global_ import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi
 from fedmtl.algorithms.local import local
 from fedmtl.algorithms.meta import perfedavg, perfedavg_hf, pfedme
+from fedmtl.algorithms.mixture import apfl, fedala
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
 from fedmtl.algorithms.scaffold import scaffold
 from fedmtl.algorithms.split import fedbabu, fedbn, fedper, fedrep, lg_fedavg
@@ -42,6 +44,11 @@ _REGISTRY = [  # (name, factory, what it does in one line)
      "in one local step"),
     ("perfedavg_hf", perfedavg_hf, "Per-FedAvg with the Hessian-vector term of MAML's "
      "meta-gradient"),
+    ("apfl", apfl, "a personal model mixed with the global one by a learned per-node α"),
+    ("fedala", fedala, "the global model mixed into each local one by learned element-wise "
+     "weights"),
+    ("ifca", ifca, "k cluster models; each node trains the one with the lowest loss on its "
+     "data"),
 ]
 
 ALGORITHMS = {name: factory for name, factory, _ in _REGISTRY}
@@ -49,7 +56,7 @@ SUMMARIES = {name: summary for name, _, summary in _REGISTRY}
 
 __all__ = [
     "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",
-    "ditto", "fedadagrad", "fedadam", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper",
-    "fedprox", "fedrep", "fedyogi", "for_node", "graph_mtl", "lg_fedavg", "local", "mocha",
-    "perfedavg", "perfedavg_hf", "pfedme", "scaffold",
+    "for_node", "graph_mtl", "apfl", "ditto", "fedadagrad", "fedadam", "fedala", "fedavg",
+    "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi", "ifca",
+    "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",
 ]
