@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import BASE, CLASSES, DIM, SIZES, assert_close  # the shared tiny problem
 
 from fedmtl import algorithms
 from fedmtl.aggregation import weighted_mean
@@ -17,9 +18,6 @@ from fedmtl.objectives import masked_mean_loss
 from fedmtl.training import Schedule, epoch_orders, node_round, node_steps, sort_within_nodes
 
 # The tiny problem of tests/test_engine.py (same shapes, so its compiled rounds are reused).
-SIZES = (5, 6, 14, 15, 16)
-DIM, CLASSES = 4, 3
-BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
 
 
 def _xy(sizes, seed=0):
@@ -37,12 +35,6 @@ def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
 def _paths(tree) -> set[str]:
     return {jax.tree_util.keystr(p, simple=True, separator="/")
             for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def _mean_loss(algo, shared, x, y):
@@ -72,7 +64,7 @@ def test_fedavg_one_node_full_batch_is_one_gradient_step():
     state, history = engine.run(engine.init())
     x, y = data.train.node(0)
     expected = _gradient_descent(algo, x, y, lr, steps=1)
-    _assert_close(state.server.params, expected)
+    assert_close(state.server.params, expected)
     np.testing.assert_allclose(history["train_loss"],
                                [_mean_loss(algo, algo.model.shared, x, y)], rtol=1e-5)
     assert n == len(x) and history["participants"].tolist() == [1]
@@ -88,7 +80,7 @@ def test_identical_nodes_aggregate_to_each_nodes_own_update():
     algo = _algorithm("fedavg", lr=lr)
     engine = Engine(algo, data, Federation(rounds=1, batch_size=12, local_epochs=2))
     state, _ = engine.run(engine.init())
-    _assert_close(state.server.params, _gradient_descent(algo, xs[0], ys[0], lr, steps=2))
+    assert_close(state.server.params, _gradient_descent(algo, xs[0], ys[0], lr, steps=2))
 
 
 def test_weighted_mean_by_hand_and_zero_weights_ignored():
@@ -117,8 +109,8 @@ def test_zero_weight_node_does_not_move_the_server():
     only = jax.tree.map(lambda d: d[:1], deltas)
     a = algo.server_update(server, deltas, jnp.array([5.0, 0.0, 0.0]), jnp.arange(3))
     b = algo.server_update(server, only, jnp.array([5.0]), jnp.arange(1))
-    _assert_close(a.params, b.params, rtol=1e-6, atol=1e-7)
-    _assert_close(a.params, jax.tree.map(lambda p, d: p + d[0], server.params, deltas))
+    assert_close(a.params, b.params, rtol=1e-6, atol=1e-7)
+    assert_close(a.params, jax.tree.map(lambda p, d: p + d[0], server.params, deltas))
 
 
 def test_finetune_equals_manual_minibatch_steps():
@@ -146,7 +138,7 @@ def test_finetune_equals_manual_minibatch_steps():
             return masked_mean_loss("classification", out, y[idx], jnp.ones(len(idx), bool))
 
         params = jax.tree.map(lambda p, g: p - 0.1 * g, params, jax.grad(loss)(params))
-    _assert_close(got.params[0], params)
+    assert_close(got.params[0], params)
 
 
 def test_epoch_orders_depend_only_on_the_nodes_key_and_size():

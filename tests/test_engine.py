@@ -13,6 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import (  # the shared tiny problem
+    BASE,
+    CLASSES,
+    DIM,
+    SIZES,
+    assert_close,
+    assert_equal,
+    data,
+    host_copy,
+)
 
 from fedmtl import algorithms
 from fedmtl.data import FederatedData
@@ -20,17 +30,7 @@ from fedmtl.engine import DivergenceError, Engine, Federation
 from fedmtl.models import MLP
 from fedmtl.training import Schedule, node_steps
 
-SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: 1, 1, 3, 3, 3 steps at B = 4
-DIM, CLASSES = 4, 3
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
-BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
-
-
-def _data(sizes=SIZES, seed=0, names=None) -> FederatedData:
-    rng = np.random.default_rng(seed)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in sizes]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in sizes]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=seed, names=names)
 
 
 def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
@@ -41,24 +41,7 @@ def _algorithm(name: str, lr: float = 0.1) -> algorithms.Algorithm:
 @functools.cache
 def _engine(name: str, fed: Federation = BASE, empty_nodes: int = 0) -> Engine:
     """One engine per configuration for the whole module (compiling is the slow part)."""
-    return Engine(_algorithm(name), _data(), fed, empty_nodes=empty_nodes)
-
-
-def _np(tree):
-    """A host copy (the engine donates its input state, so keep no device references)."""
-    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    return Engine(_algorithm(name), data(), fed, empty_nodes=empty_nodes)
 
 
 def _real_nodes(nodes, n):
@@ -89,10 +72,10 @@ def test_lane_count_does_not_change_results(lanes):
     assert other.makespan == {1: 11, 2: 6, 5: 3}[lanes]  # node steps 1, 1, 3, 3, 3
     a, ha = auto.run(auto.init(), 2)
     b, hb = other.run(other.init(), 2)
-    _assert_close(a.server, b.server)
-    _assert_close(a.nodes, b.nodes)
+    assert_close(a.server, b.server)
+    assert_close(a.nodes, b.nodes)
     np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
-    _assert_close(auto.evaluate(a), other.evaluate(b))
+    assert_close(auto.evaluate(a), other.evaluate(b))
 
 
 def test_empty_nodes_change_nothing_for_real_nodes():
@@ -101,13 +84,13 @@ def test_empty_nodes_change_nothing_for_real_nodes():
     assert padded.num_nodes == plain.num_nodes + 3
     a, ha = plain.run(plain.init(), 2)
     b, hb = padded.run(padded.init(), 2)
-    _assert_close(a.server, b.server)
-    _assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
+    assert_close(a.server, b.server)
+    assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
     np.testing.assert_array_equal(ha["participants"], hb["participants"])
     np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
     ea, eb = plain.evaluate(a), padded.evaluate(b)
     assert all(v.shape == (plain.num_nodes,) for m in eb.values() for v in m.values())
-    _assert_close(ea, eb)
+    assert_close(ea, eb)
 
 
 PARTIAL = BASE._replace(cohort_size=3)
@@ -120,8 +103,8 @@ def test_empty_nodes_change_nothing_under_partial_participation():
     b, hb = padded.run(padded.init(), 2)
     np.testing.assert_array_equal(hb["participants"], [3, 3])
     np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
-    _assert_close(a.server, b.server)
-    _assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
+    assert_close(a.server, b.server)
+    assert_close(a.nodes, _real_nodes(b.nodes, plain.num_nodes))
 
 
 # ----- partial participation -----
@@ -139,10 +122,10 @@ def test_partial_participation_samples_fixed_cohorts():
     state = engine.init()
     cohorts = []
     for round_ in range(4):
-        before = _np(state.nodes)
+        before = host_copy(state.nodes)
         state, history = engine.run(state, 1)
         np.testing.assert_array_equal(history["participants"], [3])
-        changed = _heads_changed(before, _np(state.nodes))
+        changed = _heads_changed(before, host_copy(state.nodes))
         k_cohort, _ = _round_keys(PARTIAL.seed, round_)
         expected = set(np.asarray(jax.random.permutation(k_cohort, len(SIZES))[:3]).tolist())
         # exactly the sampled nodes trained; everyone else's head is bit-for-bit unchanged
@@ -158,13 +141,13 @@ def test_same_seed_identical_different_seed_different():
     engine = _engine("fedavg")
     a, ha = engine.run(engine.init(), 2)
     b, hb = engine.run(engine.init(), 2)
-    _assert_equal(a.server, b.server)
-    _assert_equal(ha, hb)
-    twin = Engine(_algorithm("fedavg"), _data(), BASE)  # a separate engine, same seed
+    assert_equal(a.server, b.server)
+    assert_equal(ha, hb)
+    twin = Engine(_algorithm("fedavg"), data(), BASE)  # a separate engine, same seed
     c, _ = twin.run(twin.init(), 2)
-    _assert_equal(a.server, c.server)
-    _assert_equal(engine.evaluate(a), twin.evaluate(c))
-    other = Engine(_algorithm("fedavg"), _data(), BASE._replace(seed=1))
+    assert_equal(a.server, c.server)
+    assert_equal(engine.evaluate(a), twin.evaluate(c))
+    other = Engine(_algorithm("fedavg"), data(), BASE._replace(seed=1))
     d, _ = other.run(other.init(), 2)
     for x, y in zip(jax.tree.leaves(a.server.params), jax.tree.leaves(d.server.params),
                     strict=True):
@@ -194,7 +177,7 @@ def test_evaluation_matches_hand_computation():
     engine = _engine("fedavg")
     algo, data = engine.algorithm, engine.data
     state, _ = engine.run(engine.init(), 2)
-    server = _np(state.server.params)
+    server = host_copy(state.server.params)
     result = engine.evaluate(state)
     assert set(result) == {"global", "personalized"}
     finetune_key = jax.random.fold_in(jax.random.key(BASE.seed), 2)
@@ -209,7 +192,7 @@ def test_evaluation_matches_hand_computation():
             jax.random.fold_in(finetune_key, k), schedule, BASE.finetune_steps,
         )
         shared, personal = tuned.params
-        tuned = {**_np(shared), **_np(personal)}
+        tuned = {**host_copy(shared), **host_copy(personal)}
         acc, loss = _manual_metrics(data, k, nnx.State(tuned))
         np.testing.assert_allclose(result["personalized"]["accuracy"][k], acc, rtol=1e-6)
         np.testing.assert_allclose(result["personalized"]["loss"][k], loss, rtol=1e-5)
@@ -218,7 +201,7 @@ def test_evaluation_matches_hand_computation():
 def test_evaluation_of_local_models_per_node():
     engine = _engine("local")
     state, _ = engine.run(engine.init(), 1)
-    nodes = _np(state.nodes)
+    nodes = host_copy(state.nodes)
     result = engine.evaluate(state)
     assert set(result) == {"local"}
     for k in range(engine.data.num_nodes):
@@ -229,7 +212,7 @@ def test_evaluation_of_local_models_per_node():
 
 def test_model_kinds():
     assert set(_engine("fedper").evaluate(_engine("fedper").init())) == {"personalized"}
-    no_tuning = Engine(_algorithm("fedavg"), _data(), BASE._replace(finetune_steps=0))
+    no_tuning = Engine(_algorithm("fedavg"), data(), BASE._replace(finetune_steps=0))
     assert set(no_tuning.evaluate(no_tuning.init())) == {"global"}
     tuned = _engine("fedavg").evaluate(_engine("fedavg").init())
     assert set(tuned) == {"global", "personalized"}
@@ -256,7 +239,7 @@ def test_model_kinds():
 )
 def test_bad_federation_raises(bad, match):
     with pytest.raises(ValueError, match=match):
-        Engine(_algorithm("fedavg"), _data(), BASE._replace(**bad))
+        Engine(_algorithm("fedavg"), data(), BASE._replace(**bad))
 
 
 def test_engine_accepts_data_without_test_examples():
@@ -279,7 +262,7 @@ def test_engine_accepts_data_without_test_examples():
 def test_divergence_stops_the_run_early_naming_the_round(name, where):
     """A non-finite training loss stops the run at the next host sync, not after all rounds;
     when nodes hold broken personal state, the first one is named."""
-    engine = Engine(_algorithm(name, lr=1e6), _data(names=["a", "b", "c", "d", "e"]),
+    engine = Engine(_algorithm(name, lr=1e6), data(names=["a", "b", "c", "d", "e"]),
                     BASE._replace(finetune_steps=0, rounds_per_sync=2))
     with pytest.raises(DivergenceError, match=rf"{name}: training diverged: non-finite "
                        rf"training loss in round \d+.*{where}") as error:

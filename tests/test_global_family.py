@@ -15,6 +15,16 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import (  # the shared tiny problem
+    BASE,
+    CLASSES,
+    DIM,
+    assert_close,
+    assert_equal,
+    data,
+    host_copy,
+    mlp,
+)
 
 from fedmtl.algorithms import AlgorithmError, server_optimizers
 from fedmtl.algorithms.global_ import (
@@ -26,48 +36,17 @@ from fedmtl.algorithms.global_ import (
     fedyogi,
 )
 from fedmtl.algorithms.scaffold import ScaffoldUpload, scaffold
-from fedmtl.data import FederatedData
-from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP, LogisticRegression
+from fedmtl.engine import Engine
+from fedmtl.models import LogisticRegression
 from fedmtl.training import Schedule, node_round
 
-SIZES = (5, 6, 14, 15, 16)
-DIM, CLASSES = 4, 3
-BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
 FAMILY = {"fedavg": fedavg, "fedprox": fedprox, "scaffold": scaffold, "fedavgm": fedavgm,
           "fedadagrad": fedadagrad, "fedadam": fedadam, "fedyogi": fedyogi}
 
 
-def _data() -> FederatedData:
-    rng = np.random.default_rng(0)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in SIZES]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in SIZES]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=0)
-
-
-def _mlp():
-    return MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
-
-
 @functools.cache
 def _engine(name: str, **kwargs) -> Engine:
-    return Engine(FAMILY[name](_mlp(), local_optimizer=0.1, **kwargs), _data(), BASE)
-
-
-def _np(tree):
-    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+    return Engine(FAMILY[name](mlp(), local_optimizer=0.1, **kwargs), data(), BASE)
 
 
 # ----- softmax regression by hand -----
@@ -107,7 +86,7 @@ def test_fedprox_with_mu_zero_is_fedavg():
     a, b = _engine("fedavg"), _engine("fedprox", mu=0.0)
     sa, ha = a.run(a.init(), 2)
     sb, hb = b.run(b.init(), 2)
-    _assert_equal(_np(sa.server), _np(sb.server))
+    assert_equal(host_copy(sa.server), host_copy(sb.server))
     np.testing.assert_array_equal(ha["train_loss"], hb["train_loss"])
 
 
@@ -142,7 +121,7 @@ def test_scaffold_round_one_is_fedavg_round_one():
     a, b = _engine("fedavg"), _engine("scaffold")
     sa, ha = a.run(a.init(), 1)
     sb, hb = b.run(b.init(), 1)
-    _assert_close(_np(sb.server.params), _np(sa.server.params), rtol=1e-6, atol=1e-7)
+    assert_close(host_copy(sb.server.params), host_copy(sa.server.params), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(hb["train_loss"], ha["train_loss"], rtol=1e-6)
     sb, _ = b.run(sb, 1)  # round 2 corrects the gradients: it no longer is FedAvg
     sa, _ = a.run(sa, 1)
@@ -247,13 +226,13 @@ def test_scaffold_zero_weight_uploads_leave_server_state_unchanged():
         (received.params, received.params)))
     # all weights zero: nothing moves, not even for the nodes the rows name
     same = algo.server_update(server, junk, jnp.zeros(3), jnp.asarray([0, 2, 3]))
-    _assert_equal(_np(same), _np(server))
+    assert_equal(host_copy(same), host_copy(server))
     # zero-weight rows beside a real one: as if they were not there
     weights = jnp.asarray([5.0, 0.0, 0.0])
     with_junk = algo.server_update(server, junk, weights, jnp.asarray([1, 2, 3]))
     alone = algo.server_update(server, jax.tree.map(lambda u: u[:1], junk), weights[:1],
                                jnp.asarray([1]))
-    _assert_equal(_np(with_junk), _np(alone))
+    assert_equal(host_copy(with_junk), host_copy(alone))
     np.testing.assert_array_equal(with_junk.known, [True, True, False, False])
 
 
@@ -350,7 +329,7 @@ def test_fedavgm_is_server_sgd_with_momentum():
     plain, _ = _server_steps(fedavgm(LogisticRegression(DIM, CLASSES, rngs=nnx.Rngs(0)),
                                      server_optimizer=1.0, momentum=0.0), 2)
     avg, _ = _server_steps(fedavg(LogisticRegression(DIM, CLASSES, rngs=nnx.Rngs(0))), 2)
-    _assert_equal(_np(plain), _np(avg))
+    assert_equal(host_copy(plain), host_copy(avg))
 
 
 # ----- arguments -----
@@ -358,7 +337,7 @@ def test_fedavgm_is_server_sgd_with_momentum():
 
 @pytest.mark.parametrize("name", list(FAMILY))
 def test_factories_accept_the_cli_keywords(name):
-    algo = FAMILY[name](_mlp(), local_optimizer=0.1, server_optimizer=0.5, loss="hinge",
+    algo = FAMILY[name](mlp(), local_optimizer=0.1, server_optimizer=0.5, loss="hinge",
                         class_weights=np.ones(CLASSES, np.float32))
     assert algo.name == name
 
@@ -387,7 +366,7 @@ def test_factories_accept_the_cli_keywords(name):
 ])
 def test_factories_reject_bad_arguments(name, kwargs, match):
     with pytest.raises(AlgorithmError, match=match):
-        FAMILY[name](_mlp(), **kwargs)
+        FAMILY[name](mlp(), **kwargs)
 
 
 @pytest.mark.parametrize("make, args", [

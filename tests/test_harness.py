@@ -1,9 +1,12 @@
 """The harness every algorithm of the registry passes (new ones are picked up automatically).
 
-For each algorithm: the engine equals a plain per-node loop of `node_round`; jit equals no
-jit; round 2 does not retrace; the lane count and padding nodes change nothing; identical
-uploads aggregate to a no-op; zero-weight uploads change nothing; no personal model reaches
-an upload; the same seed gives identical results and another seed different ones.
+For each algorithm: the engine, on two lanes with three empty padding nodes, equals a plain
+per-node loop of `node_round` (so the layout and empty nodes change nothing); jit equals no
+jit; round 2 does not retrace and evaluation works; identical uploads aggregate to a no-op;
+zero-weight uploads change nothing; no personal model reaches an upload; the same seed gives
+identical results and another seed different ones. Op by op (jit = no jit) and another seed
+recompile everything, so the default run checks them on two algorithms and the slow run on
+all.
 
 Compiling is the slow part: the problem is tiny (5 nodes of 5-16 examples, 4 features, 3
 classes, an MLP with 8 hidden units, with LayerNorm for the algorithms that need it), each
@@ -18,18 +21,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import (  # the shared tiny problem
+    BASE,
+    CLASSES,
+    DIM,
+    SIZES,
+    assert_close,
+    assert_equal,
+    data,
+    host_copy,
+)
 
 from fedmtl import algorithms
 from fedmtl.algorithms import for_node
-from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
 from fedmtl.models import MLP
 from fedmtl.training import Schedule, node_round
 
-SIZES = (5, 6, 14, 15, 16)  # train 4, 4, 10, 11, 12: 1, 1, 3, 3, 3 steps at B = 4
-DIM, CLASSES = 4, 3
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
-BASE = Federation(rounds=2, batch_size=4, finetune_steps=2, seed=0, rounds_per_sync=1)
 ROUNDS = 2
 
 NAMES = list(algorithms.ALGORITHMS)
@@ -42,15 +51,18 @@ NEEDS_NORM = {"fedbn"}  # algorithms whose personal part is a model's normalizat
 # Algorithms whose protocol sends a personal model to the server, and why.
 UPLOADS_PERSONAL = {"mocha": "the server keeps every node's w_t to learn Ω (MOCHA's protocol)"}
 # Op by op is slow: two algorithms by default, all of them in the slow pass.
-QUICK = {"fedavg", "mocha"}
+QUICK = {"mocha"}  # per-node broadcasts: the engine's subtlest path
 TRACES = {}  # algorithm name -> times its step was traced
 
 
-def _data(sizes=SIZES, seed=0) -> FederatedData:
-    rng = np.random.default_rng(seed)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in sizes]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in sizes]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=seed)
+def _names(slow=frozenset(), skip=None) -> list:
+    """Every algorithm as a test parameter; one algorithm's tests share a pytest-xdist group,
+    so a parallel run compiles its engine once."""
+    skip = skip or {}
+    marks = lambda name: [pytest.mark.xdist_group(name)] + (
+        [pytest.mark.slow] if name in slow else []) + (
+        [pytest.mark.skip(reason=skip[name])] if name in skip else [])
+    return [pytest.param(name, marks=marks(name)) for name in NAMES]
 
 
 def _algorithm(name: str) -> algorithms.Algorithm:
@@ -65,30 +77,23 @@ def _algorithm(name: str) -> algorithms.Algorithm:
     return algo._replace(step=counted)
 
 
+PADDING = 3  # empty padding nodes after the real ones
+LAYOUT = BASE._replace(lanes=2)  # lanes pick up the next node mid-loop
+
+
 @functools.cache
-def _engine(name: str, fed: Federation = BASE, empty_nodes: int = 0) -> Engine:
-    return Engine(_algorithm(name), _data(), fed, empty_nodes=empty_nodes)
-
-
-def _np(tree):
-    """A host copy (the engine donates its input state, so keep no device references)."""
-    return jax.tree.map(lambda a: np.array(a, copy=True), tree)
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+def _engine(name: str, fed: Federation = LAYOUT) -> Engine:
+    """One engine per configuration: two lanes and three padding nodes, so that the loop
+    below also checks that the layout and empty nodes change nothing."""
+    return Engine(_algorithm(name), data(), fed, empty_nodes=PADDING)
 
 
 def _jnp(tree):
     return jax.tree.map(jnp.asarray, tree)
+
+
+def _row_slice(tree, n: int):
+    return jax.tree.map(lambda leaf: leaf[:n], tree)
 
 
 def _stack(trees):
@@ -110,35 +115,43 @@ class LoopRound:
 def _loop(name: str) -> tuple:
     """ROUNDS rounds as a plain Python loop over nodes of the unbatched `node_round`, from
     the engine's initial state, with the engine's documented key derivation. Every node is
-    padded to the largest, so `node_round` compiles once."""
+    padded to the largest, so `node_round` compiles once; nodes without data take no step
+    (their state stays, their upload is zeros, with weight 0), as the engine documents."""
     engine = _engine(name)
     algo, data = engine.algorithm, engine.data
-    state = _np(engine.init())
+    state = host_copy(engine.init())
     server, nodes = state.server, state.nodes
     schedule = Schedule(data.task, BASE.batch_size, BASE.local_epochs)
     longest = int(data.train.counts.max())
     one_node = jax.jit(lambda b, node, x, y, k, n: node_round(algo, b, node, x, y, k, schedule,
                                                               n=n))
+    counts = np.concatenate([data.train.counts, np.zeros(PADDING, int)])
     rounds = []
     for round_ in range(ROUNDS):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(BASE.seed), 1), round_)
         _, k_nodes = jax.random.split(key)
         broadcast = algo.broadcast(server)
         uploads, new_nodes = [], []
-        for k in range(data.num_nodes):
+        for k, n in enumerate(counts):
+            if n == 0:
+                uploads.append(None)
+                new_nodes.append(_row(nodes, k))
+                continue
             x, y = data.train.node(k)
-            pad = longest - len(x)
+            pad = longest - n
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
             y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
             upload, node, _ = one_node(for_node(broadcast, k), _row(nodes, k), jnp.asarray(x),
                                        jnp.asarray(y), jax.random.fold_in(k_nodes, k),
-                                       jnp.int32(len(data.train.node(k)[0])))
+                                       jnp.int32(n))
             uploads.append(upload)
             new_nodes.append(node)
-        uploads, nodes = _np(_stack(uploads)), _np(_stack(new_nodes))
-        weights = jnp.asarray(data.train.counts, jnp.float32)
-        server = _np(algo.server_update(_jnp(server), _jnp(uploads), weights,
-                                        jnp.arange(data.num_nodes)))
+        zeros = jax.tree.map(np.zeros_like, next(u for u in uploads if u is not None))
+        uploads = host_copy(_stack([zeros if u is None else u for u in uploads]))
+        nodes = host_copy(_stack(new_nodes))
+        server = host_copy(algo.server_update(_jnp(server), _jnp(uploads),
+                                        jnp.asarray(counts, jnp.float32),
+                                        jnp.arange(len(counts))))
         rounds.append(LoopRound(broadcast, uploads, nodes, server))
     return tuple(rounds)
 
@@ -146,31 +159,31 @@ def _loop(name: str) -> tuple:
 # ----- the engine is a per-node loop -----
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names())
 def test_engine_equals_per_node_loop(name):
+    """On two lanes, with three padding nodes: the engine's layout changes nothing."""
     engine = _engine(name)
+    assert engine.lanes == 2 and engine.num_nodes == len(SIZES) + PADDING
     got, history = engine.run(engine.init(), ROUNDS)
     want = _loop(name)[-1]
     assert int(got.round) == ROUNDS
-    _assert_close(got.server, want.server)
-    _assert_close(got.nodes, want.nodes)
+    assert_close(got.server, want.server)
+    assert_close(got.nodes, want.nodes)
     np.testing.assert_array_equal(history["participants"], [len(SIZES)] * ROUNDS)
 
 
-@pytest.mark.parametrize("name", [
-    name if name in QUICK else pytest.param(name, marks=pytest.mark.slow) for name in NAMES
-])
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))
 def test_jit_equals_no_jit(name):
     engine = _engine(name)
     jitted, hj = engine.run(engine.init(), 1)
     with jax.disable_jit():  # the same Python code, op by op
         eager, he = engine.run(engine.init(), 1)
-    _assert_close(jitted.server, eager.server)
-    _assert_close(jitted.nodes, eager.nodes)
+    assert_close(jitted.server, eager.server)
+    assert_close(jitted.nodes, eager.nodes)
     np.testing.assert_allclose(hj["train_loss"], he["train_loss"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names())
 def test_second_round_does_not_retrace(name):
     engine = _engine(name)
     state, _ = engine.run(engine.init(), 1)
@@ -187,27 +200,6 @@ def test_second_round_does_not_retrace(name):
         assert all(np.isfinite(v).all() for v in found.values()), kind
 
 
-# ----- layout invariance -----
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_lane_count_and_padding_nodes_change_nothing(name):
-    """Two lanes and three empty padding nodes train the same as the automatic layout."""
-    auto = _engine(name)
-    other = _engine(name, BASE._replace(lanes=2), empty_nodes=3)
-    assert other.lanes == 2 and other.num_nodes == len(SIZES) + 3
-    a, ha = auto.run(auto.init(), ROUNDS)
-    b, hb = other.run(other.init(), ROUNDS)
-    a, b = _np(a), _np(b)
-    _assert_close(jax.tree.map(lambda leaf: leaf[: len(SIZES)], b.nodes), a.nodes)
-    algo = auto.algorithm
-    for k in range(len(SIZES)):  # every real node is sent the same models
-        _assert_close(_models(algo, b.server, _row(b.nodes, k), k),
-                      _models(algo, a.server, _row(a.nodes, k), k))
-    np.testing.assert_allclose(ha["train_loss"], hb["train_loss"], rtol=1e-5)
-    np.testing.assert_array_equal(ha["participants"], hb["participants"])
-
-
 # ----- the server -----
 
 
@@ -215,7 +207,7 @@ def _models(algo, server, node, k):
     return algo.models(for_node(algo.broadcast(server), k), node)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names())
 def test_identical_uploads_aggregate_to_a_no_op(name):
     """Four nodes sending node 2's upload (any weights) leave every model of node 2 as when
     it is the only node."""
@@ -226,17 +218,17 @@ def test_identical_uploads_aggregate_to_a_no_op(name):
                                jnp.arange(1))
     four = algo.server_update(algo.init(key, 4), _jnp(_stack([upload] * 4)),
                               jnp.asarray([1.0, 2.0, 3.0, 10.0]), jnp.arange(4))
-    _assert_close(_models(algo, four, node, 0), _models(algo, alone, node, 0))
+    assert_close(_models(algo, four, node, 0), _models(algo, alone, node, 0))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names())
 def test_zero_weight_uploads_change_nothing(name):
     """An upload of finite junk with weight 0 (a node without data) leaves the server state
     as if it had not been sent."""
-    engine = _engine(name)
-    algo, first = engine.algorithm, _loop(name)[0]
+    algo, first = _engine(name).algorithm, _loop(name)[0]
+    first = LoopRound(first.broadcast, _row_slice(first.uploads, len(SIZES)), None, None)
     key, n = jax.random.key(3), len(SIZES)
-    weights = jnp.asarray(engine.data.train.counts, jnp.float32)
+    weights = jnp.asarray(_engine(name).data.train.counts, jnp.float32)
     rng = np.random.default_rng(0)
     junk = jax.tree.map(
         lambda leaf: (rng.normal(size=leaf.shape[1:]) * 1e3).astype(leaf.dtype)
@@ -246,7 +238,7 @@ def test_zero_weight_uploads_change_nothing(name):
     a = algo.server_update(algo.init(key, n + 1), with_junk,
                            jnp.concatenate([weights, jnp.zeros(1)]), jnp.arange(n + 1))
     b = algo.server_update(algo.init(key, n + 1), _jnp(first.uploads), weights, jnp.arange(n))
-    _assert_close(a, b)
+    assert_close(a, b)
 
 
 def _vectors(tree) -> list[np.ndarray]:
@@ -254,11 +246,7 @@ def _vectors(tree) -> list[np.ndarray]:
             if np.issubdtype(np.asarray(leaf).dtype, np.floating) and np.size(leaf) > 1]
 
 
-@pytest.mark.parametrize("name", [
-    name if name not in UPLOADS_PERSONAL else pytest.param(
-        name, marks=pytest.mark.skip(reason=UPLOADS_PERSONAL[name]))
-    for name in NAMES
-])
+@pytest.mark.parametrize("name", _names(skip=UPLOADS_PERSONAL))
 def test_no_personal_model_reaches_an_upload(name):
     """After round 2, no parameter array of a node's personalized or local model that the
     server did not send appears in what the node uploads. (Round 1 is left out: there, one
@@ -280,23 +268,21 @@ def test_no_personal_model_reaches_an_upload(name):
 # ----- seeds -----
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _names())
 def test_same_seed_gives_identical_results(name):
     engine = _engine(name)
     a, ha = engine.run(engine.init(), ROUNDS)
-    a = _np(a)
+    a = host_copy(a)
     b, hb = engine.run(engine.init(), ROUNDS)
-    _assert_equal(a, _np(b))
-    _assert_equal(ha, hb)
+    assert_equal(a, host_copy(b))
+    assert_equal(ha, hb)
 
 
-@pytest.mark.parametrize("name", [
-    name if name in QUICK else pytest.param(name, marks=pytest.mark.slow) for name in NAMES
-])
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))
 def test_another_seed_gives_different_results(name):
-    engine, other = _engine(name), _engine(name, BASE._replace(seed=1))
+    engine, other = _engine(name), _engine(name, LAYOUT._replace(seed=1))
     a, _ = engine.run(engine.init(), ROUNDS)
     b, _ = other.run(other.init(), ROUNDS)
-    assert any(not np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in
-               zip(jax.tree.leaves(_np(a.nodes)) + jax.tree.leaves(_np(a.server)),
-                   jax.tree.leaves(_np(b.nodes)) + jax.tree.leaves(_np(b.server)), strict=True))
+    a, b = host_copy((a.nodes, a.server)), host_copy((b.nodes, b.server))
+    assert any(not np.allclose(x, y, rtol=1e-4, atol=1e-6)
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

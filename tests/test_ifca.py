@@ -12,48 +12,31 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import (  # the shared tiny problem
+    CLASSES,
+    DIM,
+    SIZES,
+    assert_close,
+    assert_equal,
+    data,
+    mlp,
+)
 
 from fedmtl import algorithms
 from fedmtl.algorithms.clustered import cluster_inits, ifca
-from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP, LogisticRegression
+from fedmtl.models import LogisticRegression
 from fedmtl.training import Schedule, node_round
 
 # The tiny problem of tests/test_engine.py.
-SIZES = (5, 6, 14, 15, 16)
-DIM, CLASSES = 4, 3
 FED = Federation(rounds=2, batch_size=4, finetune_steps=0, seed=0, rounds_per_sync=1)
 LR = 0.1
 
 
-def _data() -> FederatedData:
-    rng = np.random.default_rng(0)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in SIZES]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in SIZES]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=0)
-
-
-def _mlp():
-    return MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
-
-
 def _trained(algo, fed=FED):
-    engine = Engine(algo, _data(), fed)
+    engine = Engine(algo, data(), fed)
     state, _ = engine.run(engine.init())
     return jax.device_get(state)
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def _cluster(tree, j):
@@ -68,9 +51,9 @@ def test_one_cluster_is_fedavg():
     keys, so two rounds give FedAvg's server model (bit for bit in a node's own round, see
     below; through the engine to float32 rounding, as XLA fuses the two rounds' programs
     differently); every node is in cluster 0."""
-    one = _trained(ifca(_mlp(), clusters=1, local_optimizer=LR))
-    fedavg = _trained(algorithms.fedavg(_mlp(), local_optimizer=LR))
-    _assert_close(_cluster(one.server.params, 0), fedavg.server.params, atol=1e-7)
+    one = _trained(ifca(mlp(), clusters=1, local_optimizer=LR))
+    fedavg = _trained(algorithms.fedavg(mlp(), local_optimizer=LR))
+    assert_close(_cluster(one.server.params, 0), fedavg.server.params, atol=1e-7)
     np.testing.assert_array_equal(one.server.cluster, np.zeros(len(SIZES)))
     np.testing.assert_array_equal(one.nodes, np.zeros(len(SIZES)))
 
@@ -96,23 +79,23 @@ def test_a_node_trains_the_cluster_with_the_lowest_loss_as_fedavg_would(seed):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=(11, DIM)), jnp.float32)
     y = jnp.asarray(rng.integers(0, CLASSES, 11), jnp.int32)
-    algo = ifca(_mlp(), clusters=3, local_optimizer=LR)
+    algo = ifca(mlp(), clusters=3, local_optimizer=LR)
     models = algo.broadcast(algo.init(jax.random.key(seed), 1))
     schedule, key = Schedule("classification", batch_size=4, epochs=2), jax.random.key(7)
     round_ = jax.jit(lambda b, node: node_round(algo, b, node, x, y, key, schedule))
     (delta, j), cluster, (loss, seen) = round_(models, jnp.int32(-1))
     want = int(np.argmin(_losses(algo, models, x, y)))
     assert int(j) == int(cluster) == want
-    avg = algorithms.fedavg(_mlp(), local_optimizer=LR)
+    avg = algorithms.fedavg(mlp(), local_optimizer=LR)
     plain, _, _ = jax.jit(lambda g: node_round(avg, g, (), x, y, key, schedule))(
         _cluster(models, want))
-    _assert_equal(delta, plain)
+    assert_equal(delta, plain)
     assert float(seen) == 3 * 11  # a prologue pass and two training epochs
 
 
 def test_a_node_chooses_again_every_round():
     """The choice is made from the models received, not the cluster remembered."""
-    algo = ifca(_mlp(), clusters=2, local_optimizer=LR)
+    algo = ifca(mlp(), clusters=2, local_optimizer=LR)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(6, DIM)), jnp.float32)
     y = jnp.asarray(rng.integers(0, CLASSES, 6), jnp.int32)
@@ -152,17 +135,17 @@ def test_server_averages_each_cluster_over_its_members(server_optimizer):
             np.testing.assert_allclose(got[0], old[0] + (d[0] + 3 * d[2]) / 4, rtol=1e-5,
                                        atol=1e-6)
             np.testing.assert_allclose(got[1], old[1] + d[1], rtol=1e-5, atol=1e-6)
-    _assert_equal(_cluster(new.opt_state, 2), _cluster(server.opt_state, 2))
+    assert_equal(_cluster(new.opt_state, 2), _cluster(server.opt_state, 2))
     nobody = algo.server_update(server, (deltas, chosen), jnp.zeros(4), jnp.arange(4))
-    _assert_equal(nobody, server)
+    assert_equal(nobody, server)
 
 
 def test_cluster_models_start_as_permutations_of_the_module():
-    module = _mlp()
+    module = mlp()
     params = algorithms.fedavg(module).model.shared
     key = jax.random.key(0)
     inits = cluster_inits(params, key, 3)
-    _assert_equal(_cluster(inits, 0), params)
+    assert_equal(_cluster(inits, 0), params)
     for j in (1, 2):
         for got, want in zip(jax.tree.leaves(_cluster(inits, j)), jax.tree.leaves(params),
                              strict=True):
@@ -173,28 +156,28 @@ def test_cluster_models_start_as_permutations_of_the_module():
     other = cluster_inits(params, jax.random.key(1), 3)
     assert not np.array_equal(jax.tree.leaves(other)[1], jax.tree.leaves(inits)[1])
     algo = ifca(module, clusters=3)
-    _assert_equal(algo.init(key, 2).params, inits)
+    assert_equal(algo.init(key, 2).params, inits)
 
 
 def test_personalized_model_is_the_nodes_cluster():
-    algo = ifca(_mlp(), clusters=2)
+    algo = ifca(mlp(), clusters=2)
     models = algo.broadcast(algo.init(jax.random.key(0), 1))
     for cluster, j in ((1, 1), (0, 0), (-1, 0)):  # a node that never trained: cluster 0
         (params, _), = algo.models(models, jnp.int32(cluster)).values()
-        _assert_equal(params, _cluster(models, j))
+        assert_equal(params, _cluster(models, j))
 
 
 @pytest.mark.parametrize("clusters", [0, -1, 1.5, True, "2"])
 def test_bad_cluster_counts_are_named(clusters):
     with pytest.raises(algorithms.AlgorithmError, match="ifca: clusters must be an integer"):
-        ifca(_mlp(), clusters=clusters)
+        ifca(mlp(), clusters=clusters)
 
 
 def test_bad_ifca_optimizers_are_named():
     with pytest.raises(algorithms.AlgorithmError, match="^ifca: local_optimizer learning rate"):
-        ifca(_mlp(), local_optimizer=-1.0)
+        ifca(mlp(), local_optimizer=-1.0)
     with pytest.raises(algorithms.AlgorithmError, match="^ifca: server_optimizer must be"):
-        ifca(_mlp(), server_optimizer="adam")
+        ifca(mlp(), server_optimizer="adam")
 
 
 # ----- what IFCA is for: planted groups -----

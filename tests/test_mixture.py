@@ -11,30 +11,25 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import (  # the shared tiny problem
+    CLASSES,
+    DIM,
+    SIZES,
+    assert_close,
+    assert_equal,
+    data,
+    mlp,
+)
 
 from fedmtl import algorithms
 from fedmtl.algorithms.mixture import AlaNode, ApflNode, apfl, fedala
-from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP, LogisticRegression
+from fedmtl.models import LogisticRegression
 from fedmtl.training import Batch, Schedule, node_round
 
 # The tiny problem of tests/test_engine.py.
-SIZES = (5, 6, 14, 15, 16)
-DIM, CLASSES = 4, 3
 FED = Federation(rounds=2, batch_size=4, finetune_steps=0, seed=0, rounds_per_sync=1)
 LR = 0.1
-
-
-def _data() -> FederatedData:
-    rng = np.random.default_rng(0)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in SIZES]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in SIZES]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=0)
-
-
-def _mlp():
-    return MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
 
 
 def _linear():
@@ -46,7 +41,7 @@ def _rounds(name: str, **kwargs) -> tuple:
     """The host states after rounds 1 and 2 of algorithms[name](MLP, **kwargs): one engine
     per configuration for the whole module (compiling is the slow part)."""
     factories = {"apfl": apfl, "fedala": fedala, **algorithms.ALGORITHMS}
-    engine = Engine(factories[name](_mlp(), local_optimizer=LR, **kwargs), _data(), FED)
+    engine = Engine(factories[name](mlp(), local_optimizer=LR, **kwargs), data(), FED)
     one, _ = engine.run(engine.init(), 1)
     one = jax.device_get(one)  # the engine donates its input state: keep a host copy
     two, _ = engine.run(jax.device_put(one), 1)
@@ -56,18 +51,6 @@ def _rounds(name: str, **kwargs) -> tuple:
 def _trained(name: str, rounds: int = 2, **kwargs):
     """(server, nodes, round) on the host after `rounds` (1 or 2) rounds."""
     return _rounds(name, **kwargs)[rounds - 1]
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _assert_close(a, b, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 # ----- a linear model in NumPy: the papers' gradients by hand -----
@@ -120,13 +103,13 @@ def test_apfl_with_alpha_one_fixed_is_local_training_and_its_w_is_fedavgs():
     """α = 1 without adaptation: v̄ = v and v takes local training's steps, bit for bit; w is
     trained as FedAvg trains its model, whatever α."""
     got = _trained("apfl", alpha=1.0, adapt_alpha=False)
-    _assert_equal(got.nodes.v, _trained("local").nodes)
+    assert_equal(got.nodes.v, _trained("local").nodes)
     np.testing.assert_array_equal(got.nodes.alpha, np.ones(len(SIZES), np.float32))
-    _assert_equal(got.server, _trained("fedavg").server)
-    algo = apfl(_mlp(), alpha=1.0, adapt_alpha=False)
+    assert_equal(got.server, _trained("fedavg").server)
+    algo = apfl(mlp(), alpha=1.0, adapt_alpha=False)
     for k in range(len(SIZES)):  # the personalized model is v itself
         node = jax.tree.map(lambda leaf, k=k: leaf[k], got.nodes)
-        _assert_equal(algo.models(got.server.params, node)["personalized"][0], node.v)
+        assert_equal(algo.models(got.server.params, node)["personalized"][0], node.v)
 
 
 def test_apfl_w_takes_fedavgs_steps_whatever_alpha():
@@ -134,13 +117,13 @@ def test_apfl_w_takes_fedavgs_steps_whatever_alpha():
     x, y, _, _ = _batch(seed=1, rows=11, dead=0)
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
     schedule, key = Schedule("classification", batch_size=4, epochs=2), jax.random.key(5)
-    mixed, avg = apfl(_mlp(), alpha=0.4, local_optimizer=LR), algorithms.fedavg(
-        _mlp(), local_optimizer=LR)
+    mixed, avg = apfl(mlp(), alpha=0.4, local_optimizer=LR), algorithms.fedavg(
+        mlp(), local_optimizer=LR)
     w = mixed.broadcast(mixed.init(jax.random.key(0), 1))
     node = ApflNode(jax.tree.map(lambda p: p + 0.3, mixed.model.shared), jnp.float32(0.4))
     upload, new, _ = node_round(mixed, w, node, x, y, key, schedule)
     want, _, _ = node_round(avg, w, (), x, y, key, schedule)
-    _assert_equal(upload, want)
+    assert_equal(upload, want)
     assert float(new.alpha) != pytest.approx(0.4, abs=1e-6)
     assert all(not np.allclose(a, b) for a, b in
                zip(jax.tree.leaves(new.v), jax.tree.leaves(node.v), strict=True))
@@ -184,8 +167,8 @@ def test_apfl_personalized_model_mixes_parameters():
     algo = apfl(_linear(), alpha=0.25)
     w = jax.tree.map(lambda p: p + 1.0, algo.model.shared)
     kinds = algo.models(w, ApflNode(algo.model.shared, jnp.float32(0.25)))
-    _assert_equal(kinds["global"][0], w)
-    _assert_close(kinds["personalized"][0],
+    assert_equal(kinds["global"][0], w)
+    assert_close(kinds["personalized"][0],
                   jax.tree.map(lambda v, g: 0.25 * v + 0.75 * g, algo.model.shared, w))
 
 
@@ -202,11 +185,11 @@ def test_apfl_personalized_model_mixes_parameters():
 ])
 def test_bad_apfl_arguments_are_named(kwargs, match):
     with pytest.raises(algorithms.AlgorithmError, match=match):
-        apfl(_mlp(), **kwargs)
+        apfl(mlp(), **kwargs)
 
 
 def test_apfl_accepts_an_optax_optimizer_with_an_alpha_rate():
-    algo = apfl(_mlp(), local_optimizer=optax.adam(1e-3), alpha_lr=0.01)
+    algo = apfl(mlp(), local_optimizer=optax.adam(1e-3), alpha_lr=0.01)
     assert algo.name == "apfl" and algo.finetune is None
 
 
@@ -217,7 +200,7 @@ def test_fedala_first_round_is_fedavgs_and_later_rounds_learn_w_within_bounds():
     """Round 1: θ_i = g, so θ̂ = g exactly and ∇_W = 0: FedAvg's round, W = 1. Round 2: W
     moves, within [0, 1], on the head only."""
     one = _trained("fedala", rounds=1)
-    _assert_equal(one.server, _trained("fedavg", rounds=1).server)
+    assert_equal(one.server, _trained("fedavg", rounds=1).server)
     assert all(np.all(w == 1) for w in jax.tree.leaves(one.nodes.W))
     two = _trained("fedala", rounds=2)
     W = jax.tree.leaves(two.nodes.W)
@@ -231,7 +214,7 @@ def test_fedala_first_round_is_fedavgs_and_later_rounds_learn_w_within_bounds():
 def test_fedala_with_fixed_weights_is_fedavg():
     """η = 0 keeps W = 1: θ̂ = θ + (g − θ) = g up to rounding, so every round is FedAvg's."""
     got = _trained("fedala", eta=0.0)
-    _assert_close(got.server, _trained("fedavg").server)
+    assert_close(got.server, _trained("fedavg").server)
     assert all(np.all(w == 1) for w in jax.tree.leaves(got.nodes.W))
 
 
@@ -263,7 +246,7 @@ def test_fedala_weight_step_equals_the_papers_update(eta):
     hat_k = tk + (gk - tk) * W1
     close(_leaf(ala.train.params[0], "kernel"), hat_k)
     np.testing.assert_array_equal(_leaf(ala.train.params[0], "bias"), gb.astype(np.float32))
-    _assert_equal(ala.theta, theta)  # θ_i and g are the round's constants
+    assert_equal(ala.theta, theta)  # θ_i and g are the round's constants
 
     trained, _ = step(ala, batch(0), jax.random.key(0))
     dk, db = _grads(hat_k, gb.astype(np.float32), x, y, mask)
@@ -293,13 +276,13 @@ def test_fedala_weight_steps_see_a_sample_of_the_rows():
 
 
 def test_fedala_personalized_model_aggregates_the_received_global_one():
-    algo = fedala(_mlp(), mix="head")
+    algo = fedala(mlp(), mix="head")
     node = algo.init_node(jax.random.key(0))
     theta = jax.tree.map(lambda p: p + 1.0, node.theta)
     W = tuple(jnp.full_like(w, 0.25) for w in node.W)
     g = algo.model.shared
     kinds = algo.models(g, AlaNode(theta, W))
-    _assert_equal(kinds["global"][0], g)
+    assert_equal(kinds["global"][0], g)
     for path, got in jax.tree_util.tree_flatten_with_path(kinds["personalized"][0])[0]:
         name = jax.tree_util.keystr(path, simple=True, separator="/")
         g_leaf = np.asarray(
@@ -319,11 +302,11 @@ def test_fedala_personalized_model_aggregates_the_received_global_one():
 ])
 def test_bad_fedala_arguments_are_named(kwargs, match):
     with pytest.raises(algorithms.AlgorithmError, match=match):
-        fedala(_mlp(), **kwargs)
+        fedala(mlp(), **kwargs)
 
 
 def test_fedala_mixes_every_parameter_with_mix_true():
-    algo = fedala(_mlp(), mix=True)
+    algo = fedala(mlp(), mix=True)
     node = algo.init_node(jax.random.key(0))
     assert len(node.W) == len(jax.tree.leaves(algo.model.shared)) == 4
     assert algo.prologue_epochs == 1 and algo.finetune is None

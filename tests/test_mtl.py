@@ -8,41 +8,22 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
+from tiny import CLASSES, DIM, SIZES, assert_equal, data, mlp  # the shared tiny problem
 
 from fedmtl import algorithms, relationship
 from fedmtl.algorithms import for_node
-from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP, LogisticRegression
+from fedmtl.models import LogisticRegression
 from fedmtl.training import Batch
 
-DIM, CLASSES = 4, 3
-SIZES = (5, 6, 14, 15, 16)
 FED = Federation(rounds=2, batch_size=4, finetune_steps=0, seed=0, rounds_per_sync=1)
-LR = 0.1  # with FED and _data(): the programs test_engine.py compiles, so the cache serves
-
-
-def _data() -> FederatedData:
-    rng = np.random.default_rng(0)
-    xs = [rng.normal(size=(n, DIM)).astype(np.float32) for n in SIZES]
-    ys = [rng.integers(0, CLASSES, n).astype(np.int32) for n in SIZES]
-    return FederatedData.from_nodes(xs, ys, num_classes=CLASSES, seed=0)
-
-
-def _mlp():
-    return MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0))
+LR = 0.1  # with FED and data(): the programs test_engine.py compiles, so the cache serves
 
 
 def _trained(algo, fed=FED):
-    engine = Engine(algo, _data(), fed)
+    engine = Engine(algo, data(), fed)
     state, _ = engine.run(engine.init())
     return jax.device_get(state)
-
-
-def _assert_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # ----- limit cases -----
@@ -50,32 +31,32 @@ def _assert_equal(a, b):
 
 def test_mocha_without_coupling_is_local_training():
     """λ₁ = λ₂ = 0 and the whole model personal: every node trains alone, bit for bit."""
-    mocha = _trained(algorithms.mocha(_mlp(), personal=True, lam=0.0, local_optimizer=LR))
-    local = _trained(algorithms.local(_mlp(), local_optimizer=LR))
-    _assert_equal(mocha.nodes, local.nodes)
+    mocha = _trained(algorithms.mocha(mlp(), personal=True, lam=0.0, local_optimizer=LR))
+    local = _trained(algorithms.local(mlp(), local_optimizer=LR))
+    assert_equal(mocha.nodes, local.nodes)
 
 
 def test_mocha_without_coupling_on_heads_is_fedper():
-    mocha = _trained(algorithms.mocha(_mlp(), personal="head", lam=0.0, local_optimizer=LR))
-    fedper = _trained(algorithms.fedper(_mlp(), local_optimizer=LR))
-    _assert_equal(mocha.nodes, fedper.nodes)
-    _assert_equal(mocha.server.body, fedper.server)
+    mocha = _trained(algorithms.mocha(mlp(), personal="head", lam=0.0, local_optimizer=LR))
+    fedper = _trained(algorithms.fedper(mlp(), local_optimizer=LR))
+    assert_equal(mocha.nodes, fedper.nodes)
+    assert_equal(mocha.server.body, fedper.server)
 
 
 def test_ditto_without_proximal_term_is_local_and_fedavg():
     """λ = 0: the personal models are local training's, the global model is FedAvg's."""
-    ditto = _trained(algorithms.ditto(_mlp(), lam=0.0, local_optimizer=LR))
-    local = _trained(algorithms.local(_mlp(), local_optimizer=LR))
-    fedavg = _trained(algorithms.fedavg(_mlp(), local_optimizer=LR))
-    _assert_equal(ditto.nodes, local.nodes)
-    _assert_equal(ditto.server, fedavg.server)
+    ditto = _trained(algorithms.ditto(mlp(), lam=0.0, local_optimizer=LR))
+    local = _trained(algorithms.local(mlp(), local_optimizer=LR))
+    fedavg = _trained(algorithms.fedavg(mlp(), local_optimizer=LR))
+    assert_equal(ditto.nodes, local.nodes)
+    assert_equal(ditto.server, fedavg.server)
 
 
 @pytest.mark.slow
 def test_ditto_with_a_strong_pull_keeps_personal_models_near_the_global_one():
     """One round: each v_t starts at, and is pulled toward, the initial global model w^0."""
     one = FED._replace(rounds=1, local_epochs=4)  # 4 to 12 steps per node
-    algo = algorithms.ditto(_mlp(), lam=9.0, personal_optimizer=0.1)
+    algo = algorithms.ditto(mlp(), lam=9.0, personal_optimizer=0.1)
     w0 = ravel_pytree(algo.model.shared)[0]
 
     def spread(state):
@@ -83,7 +64,7 @@ def test_ditto_with_a_strong_pull_keeps_personal_models_near_the_global_one():
         return float(jnp.mean(jnp.linalg.norm(v - w0[None], axis=1)))
 
     near = spread(_trained(algo, one))
-    free = spread(_trained(algorithms.ditto(_mlp(), lam=0.0, personal_optimizer=0.1), one))
+    free = spread(_trained(algorithms.ditto(mlp(), lam=0.0, personal_optimizer=0.1), one))
     assert 0 < near < 0.5 * free
 
 
@@ -98,12 +79,12 @@ def test_coupling_gradient_equals_the_objectives(kind):
     rng = np.random.default_rng(1)
     if kind == "graph":
         adjacency = np.triu(rng.uniform(0, 1, (n, n)), 1)
-        algo = algorithms.graph_mtl(_mlp(), adjacency + adjacency.T, lam=lam, lam2=lam2)
+        algo = algorithms.graph_mtl(mlp(), adjacency + adjacency.T, lam=lam, lam2=lam2)
     elif kind == "fixed":
         a = rng.normal(size=(n, n))
-        algo = algorithms.mocha(_mlp(), lam=lam, lam2=lam2, omega=a @ a.T / n + np.eye(n))
+        algo = algorithms.mocha(mlp(), lam=lam, lam2=lam2, omega=a @ a.T / n + np.eye(n))
     else:
-        algo = algorithms.mocha(_mlp(), lam=lam, lam2=lam2)
+        algo = algorithms.mocha(mlp(), lam=lam, lam2=lam2)
     server = algo.init(jax.random.key(0), n)
     d = server.W.shape[1]
     W = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
@@ -127,8 +108,8 @@ def test_coupling_gradient_equals_the_objectives(kind):
 
 
 def test_partial_participation_keeps_the_stale_rows_of_absent_nodes():
-    algo = algorithms.mocha(_mlp(), lam=0.5)
-    engine = Engine(algo, _data(), FED._replace(cohort_size=2))
+    algo = algorithms.mocha(mlp(), lam=0.5)
+    engine = Engine(algo, data(), FED._replace(cohort_size=2))
     start = jax.device_get(engine.init())
     state, _ = engine.run(engine.init(), 1)
     state = jax.device_get(state)
@@ -156,7 +137,7 @@ def test_partial_participation_keeps_the_stale_rows_of_absent_nodes():
 ])
 def test_bad_mocha_arguments_are_named(kwargs, match):
     with pytest.raises(algorithms.AlgorithmError, match=match):
-        algorithms.mocha(_mlp(), **kwargs)
+        algorithms.mocha(mlp(), **kwargs)
 
 
 @pytest.mark.parametrize("omega, match", [
@@ -166,18 +147,18 @@ def test_bad_mocha_arguments_are_named(kwargs, match):
 ])
 def test_a_bad_fixed_relationship_is_named(omega, match):
     with pytest.raises(relationship.RelationshipError, match=match):
-        algorithms.mocha(_mlp(), omega=omega)
+        algorithms.mocha(mlp(), omega=omega)
 
 
 def test_a_fixed_relationship_of_the_wrong_size_is_named_before_training():
-    algo = algorithms.mocha(_mlp(), omega=np.eye(3))
+    algo = algorithms.mocha(mlp(), omega=np.eye(3))
     with pytest.raises(relationship.RelationshipError, match="3 x 3 .* 5 nodes"):
-        Engine(algo, _data(), FED).init()
+        Engine(algo, data(), FED).init()
 
 
 def test_ditto_rejects_a_negative_pull():
     with pytest.raises(algorithms.AlgorithmError, match="lam"):
-        algorithms.ditto(_mlp(), lam=-1.0)
+        algorithms.ditto(mlp(), lam=-1.0)
 
 
 def test_mocha_on_a_linear_model_couples_every_parameter():
@@ -242,7 +223,7 @@ def test_learned_sigma_recovers_planted_groups_and_mtl_beats_local_and_global():
 def test_lane_count_does_not_change_mocha():
     """Per-node messages are gathered for whichever node a lane picks up: one lane running the
     nodes one after another gives what five side by side give."""
-    algo = algorithms.mocha(_mlp(), lam=0.5, local_optimizer=LR)
+    algo = algorithms.mocha(mlp(), lam=0.5, local_optimizer=LR)
     one, five = (_trained(algo, FED._replace(lanes=lanes)) for lanes in (1, 5))
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(five), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -251,9 +232,9 @@ def test_lane_count_does_not_change_mocha():
 def test_empty_nodes_change_nothing_for_mocha():
     """Nodes without data (e.g. padding the node axis) take no step and, never reporting,
     stay out of the learned Σ: the real nodes train as they would without them."""
-    algo = algorithms.mocha(_mlp(), lam=0.5, local_optimizer=LR)
+    algo = algorithms.mocha(mlp(), lam=0.5, local_optimizer=LR)
     plain = _trained(algo)
-    engine = Engine(algo, _data(), FED, empty_nodes=3)
+    engine = Engine(algo, data(), FED, empty_nodes=3)
     padded, _ = engine.run(engine.init())
     padded = jax.device_get(padded)
     n = len(SIZES)
@@ -270,7 +251,7 @@ def test_empty_nodes_change_nothing_for_mocha():
 def test_compare_gives_each_algorithms_trained_node_models():
     import fedmtl
 
-    result = fedmtl.compare([algorithms.fedper(_mlp(), local_optimizer=LR)], _data(), FED)
+    result = fedmtl.compare([algorithms.fedper(mlp(), local_optimizer=LR)], data(), FED)
     fedper = result.result("fedper")
     shared, heads = fedper.node_models()["personalized"]  # leaves [N, ...]
     for got, want in zip(jax.tree.leaves(heads), jax.tree.leaves(fedper.state.nodes),
