@@ -11,6 +11,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 import atexit  # noqa: E402
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import jax
@@ -73,10 +74,36 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # ... and implicit dtype promotion (float32 mixed with int32 counts) raises too.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
+def _shared_cache(uid: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"fedmtl-jax-cache-{uid}"
+
+
 # Engines built on equal shapes (the same tiny problem with other data, a second engine with the
-# same seed) lower to the same program: a per-session compilation cache compiles it once.
-_JAX_CACHE = tempfile.mkdtemp(prefix="fedmtl-jax-cache-")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+# same seed) lower to the same program: a per-session compilation cache compiles it once. The
+# workers of one parallel run (pytest-xdist, `-n 2` by default) share it; the controller, which
+# runs no test, removes it at the end.
+_CACHE_KEY = pytest.StashKey[Path]()
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in the workers of a parallel run
+if _RUN is None:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="fedmtl-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+else:
+    _JAX_CACHE = str(_shared_cache(_RUN))
+    Path(_JAX_CACHE).mkdir(exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_configure(config):
+    """The controller of a parallel run names the run, so its workers share one cache dir."""
+    if getattr(config, "workerinput", None) is None and getattr(config.option, "numprocesses",
+                                                                None):
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+        config.stash[_CACHE_KEY] = _shared_cache(config.option.testrunuid)
+
+
+def pytest_unconfigure(config):
+    """... and removes it when the run ends."""
+    if _CACHE_KEY in config.stash:
+        shutil.rmtree(config.stash[_CACHE_KEY], ignore_errors=True)
