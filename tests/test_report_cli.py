@@ -349,3 +349,18 @@ def test_docs_list_every_algorithm():
     rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines()
             if line.startswith("| `")}
     assert set(fedmtl.algorithms.ALGORITHMS) <= rows
+
+
+@pytest.mark.slow
+def test_cli_compare_all_trains_every_algorithm(tmp_path, capsys):
+    """`fedmtl compare --algorithms all --norm layer`: every registered algorithm trains and
+    reports (FedBN included, on the LayerNorm model), and the results name each one."""
+    out = tmp_path / "all"
+    assert cli.main(["compare", "--algorithms", "all", "--norm", "layer", *TINY,
+                     "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "Traceback" not in stdout + stderr and "left out" not in stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert list(doc["algorithms"]) == list(fedmtl.algorithms.ALGORITHMS)
+    assert all(a["status"] == "complete" for a in doc["algorithms"].values())
+    assert doc["config"]["hyperparameters"]["ifca"]["clusters"] == 2
