@@ -189,15 +189,26 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict]:
     return params
 
 
+def hyperparameters(name: str, given: dict) -> dict:
+    """Every keyword of algorithm `name`'s factory as it was built: `given` over the defaults
+    (class weights, an array, are recorded by the --class-weights option instead)."""
+    signature = inspect.signature(algos.ALGORITHMS[name]).parameters.values()
+    resolved = {p.name: p.default for p in signature if p.kind is p.KEYWORD_ONLY}
+    resolved.update(given)
+    plain = lambda v: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
+    return {k: plain(v) for k, v in resolved.items() if k != "class_weights"}
+
+
 def build_algorithms(names: list[str], data: FederatedData, args,
-                     optional: frozenset = frozenset(), notes: list | None = None
-                     ) -> list[algos.Algorithm]:
+                     optional: frozenset = frozenset(), notes: list | None = None,
+                     resolved: dict | None = None) -> list[algos.Algorithm]:
     """Each named algorithm on a fresh copy of the model, with the run's options.
 
     Args:
       optional: names that are left out, with a line in `notes`, when they do not apply to
         the model (their factory raises `AlgorithmError`, e.g. FedPer on a model without a
         body): what `--algorithms all` runs.
+      resolved: filled with each built algorithm's `hyperparameters`.
     """
     unknown = [n for n in names if n not in algos.ALGORITHMS]
     if unknown:
@@ -219,8 +230,11 @@ def build_algorithms(names: list[str], data: FederatedData, args,
             kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
         if name != "local" and args.server_lr is not None:
             kwargs["server_optimizer"] = args.server_lr
+        given = {**kwargs, **params.get(name, {})}
         try:
-            result.append(algos.ALGORITHMS[name](module, **{**kwargs, **params.get(name, {})}))
+            result.append(algos.ALGORITHMS[name](module, **given))
+            if resolved is not None:
+                resolved[result[-1].name] = hyperparameters(name, given)
         except algos.AlgorithmError as e:
             if name not in optional:
                 raise
@@ -237,15 +251,18 @@ def federation(args) -> Federation:
     )
 
 
-def resolved_config(args, algorithms: list[algos.Algorithm]) -> dict:
+def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None
+                    ) -> dict:
     """Every option of the run, defaults included, plus what they resolved to (the output
-    folder is left out: it says where the results went, not how they were made)."""
+    folder is left out: it says where the results went, not how they were made), and each
+    algorithm's hyper-parameters (`resolved`, from `build_algorithms`)."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                if k not in ("func", "out")}
     model = algorithms[0].model
     return {
         "options": options,
         "algorithms": [a.name for a in algorithms],
+        "hyperparameters": resolved or {},
         "model": {"name": args.model, "hidden": args.hidden if args.model == "mlp" else None,
                   "norm": args.norm,
                   "parameters": model.num_params()},
@@ -303,15 +320,17 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
     notes: list[str] = []
+    resolved: dict = {}
     algorithms = build_algorithms(names, data, args, frozenset(names) if every else frozenset(),
-                                  notes)
+                                  notes, resolved)
     for note in notes:
         console.print(f"[yellow]note[/]: {note}")
     fed = federation(args)
     if fed.cohort_size is not None and fed.cohort_size > data.num_nodes:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
-    results = ResultsFolder.open(folder, resolved_config(args, algorithms), sys.argv[1:])
+    results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved),
+                                 sys.argv[1:])
     try:
         with progress_bars(console) as progress:
             tasks = {a.name: progress.add_task(a.name, total=fed.rounds, metrics="waiting",

@@ -195,13 +195,16 @@ def test_results_folder_records_configuration_and_environment(tmp_path):
     assert cli.main(["compare", *TINY, "--out", str(out)]) == 0
     doc = json.loads((out / "results.json").read_text())
     options = doc["config"]["options"]
-    expected = {"lr": 0.05, "server_lr": 1.0, "model": "mlp", "hidden": [4], "alpha": 1.0,
+    expected = {"lr": 0.05, "server_lr": None, "model": "mlp", "hidden": [4], "alpha": 1.0,
                 "beta": 1.0, "nodes": 3, "test_fraction": 0.25, "max_node_size": 60,
                 "rounds": 2, "batch_size": 10, "local_epochs": 1, "seed": 0,
                 "finetune_steps": 5, "dataset": "synthetic", "cohort_size": None}
     assert {k: options[k] for k in expected} == expected
     assert doc["config"]["model"]["parameters"] > 0
     assert doc["config"]["algorithms"] == ["local", "fedavg", "fedper"]
+    # each algorithm's own hyper-parameters as built: the run's options over the defaults
+    assert doc["config"]["hyperparameters"]["fedper"] == {
+        "personal": "head", "local_optimizer": 0.05, "server_optimizer": 1.0, "loss": None}
     run = json.loads((out / "run.json").read_text())
     env = run["environment"]
     assert set(output.PACKAGES) <= set(env["packages"]) and env["packages"]["jax"]
