@@ -82,10 +82,10 @@ LAYOUT = BASE._replace(lanes=2)  # lanes pick up the next node mid-loop
 
 
 @functools.cache
-def _engine(name: str, fed: Federation = LAYOUT) -> Engine:
-    """One engine per configuration: two lanes and three padding nodes, so that the loop
-    below also checks that the layout and empty nodes change nothing."""
-    return Engine(_algorithm(name), data(), fed, empty_nodes=PADDING)
+def _engine(name: str, fed: Federation = LAYOUT, padding: int = PADDING) -> Engine:
+    """One engine per configuration; by default two lanes and three padding nodes, so that
+    the loop below also checks that the layout and empty nodes change nothing."""
+    return Engine(_algorithm(name), data(), fed, empty_nodes=padding)
 
 
 def _jnp(tree):
@@ -174,7 +174,7 @@ def test_engine_equals_per_node_loop(name):
 
 @pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))
 def test_jit_equals_no_jit(name):
-    engine = _engine(name)
+    engine = _engine(name, BASE, 0)  # the automatic layout: fewer loop steps to run op by op
     jitted, hj = engine.run(engine.init(), 1)
     with jax.disable_jit():  # the same Python code, op by op
         eager, he = engine.run(engine.init(), 1)
