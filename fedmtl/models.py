@@ -246,9 +246,29 @@ class Conv1D(nnx.Module):
     def __call__(self, x):
         norms = getattr(self, "norms", None)
         for i, layer in enumerate(self.body):
-            x = layer(x)
+            x = conv1d_same(x, layer.kernel[...], layer.bias[...], layer.strides[0])
             x = jax.nn.relu(x if norms is None else norms[i](x))
         return self.head(jnp.mean(x, axis=1))
+
+
+def conv1d_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+    """`nnx.Conv`'s 1-D convolution with "SAME" padding, as one gather and one einsum.
+
+    XLA's CPU convolution is ~18x slower inside the engine's loop (a vmapped `lax.conv` in a
+    while loop) than this im2col form of the same sum; on accelerators both are fast.
+
+    Args:
+      x: [B, T, C_in]; kernel: [K, C_in, C_out]; bias: [C_out].
+
+    Returns:
+      [B, ceil(T / stride), C_out].
+    """
+    length, width = x.shape[1], kernel.shape[0]
+    out = -(-length // stride)
+    pad = max((out - 1) * stride + width - length, 0)
+    x = jnp.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (0, 0)))
+    taps = jnp.arange(out)[:, None] * stride + jnp.arange(width)[None, :]  # [T_out, K]
+    return jnp.einsum("btkc,kco->bto", x[:, taps], kernel) + bias[None, None, :]
 
 
 def build(name: str, feature_shape: tuple[int, ...], num_outputs: int, *, seed: int = 0,

@@ -1,6 +1,7 @@
 """Models are checked against the data before training: a mismatch is a named one-line error,
 not a `dot_general` traceback or a "non-finite loss" mid-run. Shapes only: nothing trains."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from flax import nnx
 from fedmtl import algorithms
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP, Model, ModelDataMismatch, build, check_model
+from fedmtl.models import MLP, Conv1D, Model, ModelDataMismatch, build, check_model
 
 DIM, CLASSES = 4, 3
 
@@ -82,3 +83,18 @@ def test_regression_outputs_must_match_the_targets():
                                                  ("mlp", (3, 2)), ("conv1d", (12, 2))])
 def test_built_in_models_fit_their_data(name, feature_shape):
     check_model(Model.of(build(name, feature_shape, CLASSES)), _data(feature_shape))
+
+
+@pytest.mark.parametrize("length", [128, 127, 30, 5])
+@pytest.mark.parametrize("norm", [None, "layer"])
+def test_conv1d_equals_its_layers_own_convolution(length, norm):
+    """Conv1D convolves as one gather and einsum (`conv1d_same`, fast inside the engine's
+    loop on a CPU); it must equal calling its `nnx.Conv` layers (lax.conv, SAME padding)."""
+    module = Conv1D(9, 6, norm=norm, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, length, 9)), jnp.float32)
+    h = x
+    for i, layer in enumerate(module.body):
+        h = layer(h)
+        h = jax.nn.relu(h if norm is None else module.norms[i](h))
+    want = module.head(jnp.mean(h, axis=1))
+    np.testing.assert_allclose(np.asarray(module(x)), np.asarray(want), rtol=1e-5, atol=1e-6)
