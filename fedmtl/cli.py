@@ -176,8 +176,7 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict]:
         if algorithm not in names:
             raise CliError(f"--param {item!r}: {algorithm} is not among the algorithms run "
                            f"({', '.join(names)})")
-        accepted = [p.name for p in inspect.signature(algos.ALGORITHMS[algorithm]).parameters
-                    .values() if p.kind is p.KEYWORD_ONLY]
+        accepted = list(keyword_defaults(algorithm))
         if key not in accepted:
             raise CliError(f"--param {item!r}: {algorithm} takes no {key!r}; it takes "
                            f"{', '.join(accepted)}")
@@ -189,12 +188,16 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict]:
     return params
 
 
+def keyword_defaults(name: str) -> dict:
+    """{keyword: default} of algorithm `name`'s factory (its keyword-only arguments)."""
+    signature = inspect.signature(algos.ALGORITHMS[name]).parameters.values()
+    return {p.name: p.default for p in signature if p.kind is p.KEYWORD_ONLY}
+
+
 def hyperparameters(name: str, given: dict) -> dict:
     """Every keyword of algorithm `name`'s factory as it was built: `given` over the defaults
     (class weights, an array, are recorded by the --class-weights option instead)."""
-    signature = inspect.signature(algos.ALGORITHMS[name]).parameters.values()
-    resolved = {p.name: p.default for p in signature if p.kind is p.KEYWORD_ONLY}
-    resolved.update(given)
+    resolved = {**keyword_defaults(name), **given}
     plain = lambda v: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
     return {k: plain(v) for k, v in resolved.items() if k != "class_weights"}
 

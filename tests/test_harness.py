@@ -20,22 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from tiny import (  # the shared tiny problem
     BASE,
-    CLASSES,
-    DIM,
     SIZES,
     assert_close,
     assert_equal,
     data,
     host_copy,
+    mlp,
 )
 
 from fedmtl import algorithms
 from fedmtl.algorithms import for_node
 from fedmtl.engine import Engine, Federation
-from fedmtl.models import MLP
 from fedmtl.training import Schedule, node_round
 
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
@@ -66,8 +63,7 @@ def _names(slow=frozenset(), skip=None) -> list:
 
 
 def _algorithm(name: str) -> algorithms.Algorithm:
-    norm = {"norm": "layer"} if name in NEEDS_NORM else {}
-    module = MLP(DIM, (8,), CLASSES, rngs=nnx.Rngs(0), **norm)
+    module = mlp("layer" if name in NEEDS_NORM else None)
     algo = algorithms.ALGORITHMS[name](module, local_optimizer=0.1, **KWARGS.get(name, {}))
 
     def counted(*args):  # runs at trace time only: counts traces, not executions
