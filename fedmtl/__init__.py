@@ -39,6 +39,7 @@ from fedmtl.experiment import AlgorithmResult, Comparison, Failure, compare, run
 from fedmtl.models import MLP, Conv1D, LogisticRegression, Model, ModelDataMismatch
 from fedmtl.output import ResultsFolder, write_results
 from fedmtl.synthetic import planted_groups, synthetic
+from fedmtl.systems import Systems, SystemsError
 
 __version__ = "0.1.0"
 
@@ -46,7 +47,8 @@ __all__ = [
     "ALGORITHMS", "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison",
     "Conv1D", "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData",
     "FederatedDataError", "Federation", "LogisticRegression", "Model", "ModelDataMismatch",
-    "PerNode", "ResultsFolder", "compare", "graph_mtl", "planted_groups", "run_algorithm",
+    "PerNode", "ResultsFolder", "Systems", "SystemsError", "compare", "graph_mtl",
+    "planted_groups", "run_algorithm",
     "synthetic", "weighted_mean", "write_results", "apfl", "ditto", "fedadagrad", "fedadam",
     "fedala", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi",
     "ifca", "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedmtl import lanes as lanes_lib
+from fedmtl import systems as systems_lib
 from fedmtl.algorithms import Algorithm, for_node
 from fedmtl.data import FederatedData, Split
 from fedmtl.models import check_model
@@ -28,6 +29,7 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
+from fedmtl.systems import Systems, SystemsError
 from fedmtl.training import (
     Batch,
     Schedule,
@@ -37,7 +39,7 @@ from fedmtl.training import (
     steps_per_epoch,
 )
 
-_INIT, _ROUNDS, _FINETUNE = 0, 1, 2
+_INIT, _ROUNDS, _FINETUNE, _SYSTEMS = 0, 1, 2, 3
 EVAL_BATCH = 64  # test rows per evaluation step
 
 
@@ -70,6 +72,8 @@ class Federation(NamedTuple):
       lane_step_cost: fixed cost of one loop step, in units of one lane's step (None: 4 on a
         CPU, where cost grows with lanes; 2048 on an accelerator, where a wide step is cheap).
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
+      systems: who is available and sampled, stragglers, dropouts and the simulated clock
+        (`fedmtl.systems.Systems`; the default is a plain federation).
     """
 
     rounds: int = 50
@@ -81,14 +85,17 @@ class Federation(NamedTuple):
     lanes: int | None = None
     lane_step_cost: float | None = None
     rounds_per_sync: int = 10
+    systems: Systems = Systems()
 
 
 class EngineState(NamedTuple):
-    """server: the algorithm's server state; nodes: node states, leaves [N, ...]; round: []."""
+    """server: the algorithm's server state; nodes: node states, leaves [N, ...]; round: [];
+    clock: [] simulated time elapsed (`fedmtl.systems`)."""
 
     server: Any
     nodes: Any
     round: jax.Array
+    clock: jax.Array
 
 
 class SplitArrays(NamedTuple):
@@ -135,6 +142,9 @@ def _check_federation(fed: Federation, num_nodes: int) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    if not isinstance(fed.systems, Systems):
+        raise SystemsError(f"Federation.systems must be a fedmtl.Systems, got "
+                           f"{type(fed.systems).__name__}")
 
 
 def _lead(mask: jax.Array, like: jax.Array) -> jax.Array:
@@ -198,6 +208,7 @@ class Engine:
     ):
         fed = Federation() if federation is None else federation
         _check_federation(fed, data.num_nodes)
+        systems_lib.check(fed.systems, data.names, fed.rounds, fed.cohort_size)
         check_model(algorithm.model, data)  # a named error now, not a traceback mid-training
         self.algorithm, self.data, self.federation = algorithm, data, fed
         self.num_real = data.num_nodes
@@ -208,16 +219,24 @@ class Engine:
         # Passed to the jitted functions as arguments (never captured as constants).
         self.train = _split_arrays(data.train, empty_nodes)
         self.test = _split_arrays(data.test, empty_nodes)
-        self.full_participation = fed.cohort_size is None or fed.cohort_size >= self.num_real
-        self.cohort = self.num_nodes if self.full_participation else fed.cohort_size
+        self.cohort, expected = systems_lib.slots(fed.systems, fed.cohort_size, self.num_real,
+                                                  self.num_nodes)
         steps = self.epochs * steps_per_epoch(data.train.counts, fed.batch_size)
-        self.lanes = min(_lane_count(fed, steps, self.cohort), self.cohort)
+        width = max(1, min(round(expected), self.cohort))
+        self.lanes = min(_lane_count(fed, steps, width), self.cohort)
         self.makespan = lanes_lib.makespan(steps, self.lanes)
         computed = self.lanes * self.makespan * fed.batch_size
         self.real_share = float(self.epochs * data.train.counts.sum() / max(computed, 1))
         self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
-        self._run = jax.jit(self._rounds, static_argnums=(2,), donate_argnums=(0,))
+        self.upload_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+                                for leaf in jax.tree.leaves(self._upload_shape()))
+        units = (self.epochs if fed.systems.straggler_unit == "epoch" else steps)
+        systems_lib.check_reachable(fed.systems, data.names, data.train.counts, fed.rounds,
+                                    np.broadcast_to(units, steps.shape), self.upload_bytes)
+        self.profile = systems_lib.profile(fed.systems, self.num_real, self.num_nodes, fed.seed)
+        self._run = jax.jit(self._rounds, static_argnums=(3,), donate_argnums=(0,))
+        self._participation = jax.jit(self._plans, static_argnums=(1,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._models)
         self._init = jax.jit(self._init_state)  # fresh buffers: `run` donates the state
@@ -240,7 +259,20 @@ class Engine:
         k_server, k_nodes = jax.random.split(self._key(_INIT))
         nodes = jax.vmap(self.algorithm.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
         server = self.algorithm.init(k_server, self.num_nodes)
-        return EngineState(server, nodes, jnp.zeros((), jnp.int32))
+        return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def _upload_shape(self):
+        """Shapes of one node's upload (for the clock's upload time)."""
+        algo = self.algorithm
+
+        def upload(state: EngineState):
+            broadcast = algo.broadcast(state.server)
+            node = jnp.zeros((), jnp.int32)
+            node_state = _gather(state.nodes, node)
+            train = algo.start(for_node(broadcast, node), node_state)
+            return algo.finish(for_node(broadcast, node), node_state, train)[0]
+
+        return jax.eval_shape(lambda: upload(self._init_state()))
 
     # ----- lanes -----
 
@@ -302,17 +334,39 @@ class Engine:
 
     # ----- one round -----
 
-    def _round(self, state: EngineState, tr: SplitArrays):
+    def _plan(self, round_, counts, profile) -> systems_lib.Plan:
+        """Round `round_`'s participation (`fedmtl.systems.plan`)."""
+        fed = self.federation
+        k_cohort, _ = jax.random.split(jax.random.fold_in(self._key(_ROUNDS), round_))
+        return systems_lib.plan(
+            fed.systems, profile, counts, round_, k_cohort,
+            jax.random.fold_in(self._key(_SYSTEMS), round_), num_real=self.num_real,
+            cohort=self.cohort, epochs=self.epochs, batch_size=fed.batch_size,
+            upload_bytes=self.upload_bytes,
+        )
+
+    def _plans(self, counts, rounds: int, profile):
+        return jax.vmap(lambda r: self._plan(r, counts, profile))(jnp.arange(rounds))
+
+    def participation(self, rounds: int | None = None) -> dict[str, np.ndarray]:
+        """The participation trace of rounds 0 .. rounds-1 (default: the federation's), as
+        training will follow it: ids, steps and weights [R, C] (node of each cohort slot, its
+        local steps, its upload's weight; 0 = took no part / not reported) and each round's
+        systems metrics [R]. A pure function of the seed and the nodes' sizes: the same
+        whatever the lane count."""
+        rounds = self.federation.rounds if rounds is None else rounds
+        plans = jax.device_get(self._participation(self.train.counts, rounds,
+                                                                self.profile))
+        return {"ids": plans.ids, "steps": plans.steps, "weights": plans.weights,
+                **plans.metrics}
+
+    def _round(self, state: EngineState, tr: SplitArrays, profile):
         algo, fed = self.algorithm, self.federation
         key = jax.random.fold_in(self._key(_ROUNDS), state.round)
-        k_cohort, k_nodes = jax.random.split(key)
+        _, k_nodes = jax.random.split(key)
         broadcast = algo.broadcast(state.server)
-        if self.full_participation:
-            ids = jnp.arange(self.num_nodes)
-        else:
-            ids = jax.random.permutation(k_cohort, self.num_real)[: self.cohort]
-        n = tr.counts[ids]
-        steps = self.epochs * steps_per_epoch(n, fed.batch_size)
+        plan = self._plan(state.round, tr.counts, profile)
+        ids, steps, weights = plan.ids, plan.steps, plan.weights
 
         start = lambda node: algo.start(for_node(broadcast, node), _gather(state.nodes, node))
         finish_node = lambda nodes, node, train_state: algo.finish(
@@ -333,16 +387,17 @@ class Engine:
             tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs,
             algo.prologue_epochs,
         )
-        weights = n.astype(jnp.float32)
-        server = algo.server_update(state.server, uploads, weights, ids)
-        metrics = {
-            "train_loss": loss / jnp.maximum(seen, 1.0),
-            "participants": jnp.sum(weights > 0),
-        }
-        return EngineState(server, nodes, state.round + 1), metrics
+        updated = algo.server_update(state.server, uploads, weights, ids)
+        reported = jnp.any(weights > 0)  # a round nobody reported leaves the server as it was
+        server = jax.tree.map(lambda new, old: jnp.where(reported, new, old), updated,
+                              state.server)
+        clock = state.clock + plan.metrics["round_time"]
+        metrics = {"train_loss": loss / jnp.maximum(seen, 1.0), **plan.metrics, "time": clock}
+        return EngineState(server, nodes, state.round + 1, clock), metrics
 
-    def _rounds(self, state: EngineState, tr: SplitArrays, num_rounds: int):
-        return jax.lax.scan(lambda s, _: self._round(s, tr), state, None, length=num_rounds)
+    def _rounds(self, state: EngineState, tr: SplitArrays, profile, num_rounds: int):
+        return jax.lax.scan(lambda s, _: self._round(s, tr, profile), state, None,
+                            length=num_rounds)
 
     def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
         """Runs `rounds` rounds (default: the federation's), `rounds_per_sync` per jitted scan.
@@ -367,10 +422,16 @@ class Engine:
         history, done = [], 0
         while done < rounds:
             n = min(chunk, rounds - done)
-            state, metrics = self._run(state, self.train, n)
+            state, metrics = self._run(state, self.train, self.profile, n)
             done += n
             metrics = jax.device_get(metrics)
+            overflow = metrics.pop("overflow", np.zeros(0, bool))
             history.append(metrics)
+            if overflow.any():
+                round_ = int(state.round) - n + int(np.flatnonzero(overflow)[0]) + 1
+                raise SystemsError(
+                    f"round {round_} sampled more nodes than the Poisson cohort's {self.cohort} "
+                    "slots; set Systems(capacity=...) higher")
             bad = np.flatnonzero(~np.isfinite(metrics["train_loss"]))
             if bad.size:
                 round_ = int(state.round) - n + int(bad[0]) + 1

@@ -108,6 +108,21 @@ def per_node_csv(comparison: Comparison) -> str:
     return out.getvalue()
 
 
+def _plain(value):
+    """A JSON-safe copy of a configuration value: arrays as lists, tuples of fields as dicts,
+    infinities as the string "inf" (strict JSON has none)."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in np.asarray(value).tolist()] if isinstance(
+            value, np.ndarray) else [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
 def to_json(comparison: Comparison, config: dict | None = None,
             status: str = "complete") -> dict:
     """The deterministic part of a run: no times, no machine; equal seeds give equal files."""
@@ -134,7 +149,7 @@ def to_json(comparison: Comparison, config: dict | None = None,
             "metrics": list(task_metrics(data.task, data.num_classes)),
             "feature_shape": list(data.feature_shape),
         },
-        "federation": comparison.federation._asdict(),
+        "federation": _plain(comparison.federation),
         "failed": {f.name: f.error for f in comparison.failures},
         "summary": summarize(comparison) if comparison.results else [],
         "algorithms": algorithms,

@@ -186,7 +186,8 @@ def batch_rows(order: jax.Array, offset, n, step, batch_size: int):
     return rows, mask
 
 
-def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None, n=None):
+def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = None, n=None,
+               limit=None):
     """One node's local steps on its own rows x [S, *F], y [S, ...], as the engine takes them.
 
     Without `steps`: (P + E) * ceil(n / B) steps over P prologue then E training epochs, each
@@ -198,6 +199,8 @@ def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = N
       n: real rows if rows n.. of x, y are padding (may be traced; default S). The scan then
         runs for S rows and the steps beyond the node's own are exact no-ops, so one
         compilation serves every n <= S.
+      limit: take only the first `limit` of those steps (may be traced): a straggler's
+        partial work (`fedmtl.systems`).
 
     Returns:
       (state, loss sum over real examples, examples seen).
@@ -208,6 +211,8 @@ def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = N
     rounds = epochs + prologue
     total = int(steps_per_epoch(length, b)) * rounds if steps is None else steps
     real = steps_per_epoch(n, b) * rounds if steps is None else jnp.where(n > 0, steps, 0)
+    if limit is not None:
+        real = jnp.minimum(real, limit)
     per_epoch = jnp.maximum(steps_per_epoch(n, b), 1)
     k_order, k_step = jax.random.split(key)
     padding = (jnp.arange(length) >= n).astype(jnp.int32)  # sorts padding rows last
@@ -230,15 +235,17 @@ def node_steps(step, state, x, y, key, schedule: Schedule, steps: int | None = N
     return state, jnp.sum(losses), jnp.sum(seen)
 
 
-def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule, n=None):
-    """One node's round on its own rows: `start`, `node_steps` (`n` as there), `finish`: the
-    per-node reference the engine is tested against, and what a 100-line prototype loops.
+def node_round(algorithm, broadcast, node_state, x, y, key, schedule: Schedule, n=None,
+               work=None):
+    """One node's round on its own rows: `start`, `node_steps` (`n` as there; `work` its
+    `limit`: a straggler's first `work` steps), `finish`: the per-node reference the engine is
+    tested against, and what a 100-line prototype loops.
 
     Returns:
       (upload, new node state, (loss sum over real examples, examples seen)).
     """
     schedule = schedule._replace(prologue=algorithm.prologue_epochs)
     state = algorithm.start(broadcast, node_state)
-    state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule, n=n)
+    state, loss, seen = node_steps(algorithm.step, state, x, y, key, schedule, n=n, limit=work)
     upload, node_state = algorithm.finish(broadcast, node_state, state)
     return upload, node_state, (loss, seen)

@@ -33,6 +33,7 @@ from tiny import (  # the shared tiny problem
 from fedmtl import algorithms
 from fedmtl.algorithms import for_node
 from fedmtl.engine import Engine, Federation
+from fedmtl.systems import Systems
 from fedmtl.training import Schedule, node_round
 
 # rounds_per_sync=1: every run compiles the same one-round scan, whatever the round count
@@ -75,6 +76,12 @@ def _algorithm(name: str) -> algorithms.Algorithm:
 
 PADDING = 3  # empty padding nodes after the real ones
 LAYOUT = BASE._replace(lanes=2)  # lanes pick up the next node mid-loop
+# A federation of every kind of failure at once: Poisson cohorts, stragglers keeping partial
+# work, dropouts, a late joiner; its rounds must follow the participation trace exactly.
+UNRELIABLE = LAYOUT._replace(seed=2, systems=Systems(
+    sampling="poisson", sample_rate=0.8, stragglers=0.5, straggler_policy="keep",
+    dropout=0.25, join=(0, 0, 1, 0, 0)))
+SYSTEMS_QUICK = {"fedavg", "scaffold", "mocha", "ditto"}  # step counters, per-node state
 
 
 @functools.cache
@@ -108,46 +115,53 @@ class LoopRound:
 
 
 @functools.cache
-def _loop(name: str) -> tuple:
+def _loop(name: str, fed: Federation = LAYOUT) -> tuple:
     """ROUNDS rounds as a plain Python loop over nodes of the unbatched `node_round`, from
     the engine's initial state, with the engine's documented key derivation. Every node is
     padded to the largest, so `node_round` compiles once; nodes without data take no step
-    (their state stays, their upload is zeros, with weight 0), as the engine documents."""
-    engine = _engine(name)
+    (their state stays, their upload is zeros, with weight 0), as the engine documents.
+    Who takes part, for how many steps and with what weight follow the engine's
+    participation trace (`Engine.participation`); a round nobody reported in leaves the
+    server as it was."""
+    engine = _engine(name, fed)
+    trace = engine.participation(ROUNDS)
     algo, data = engine.algorithm, engine.data
     state = host_copy(engine.init())
     server, nodes = state.server, state.nodes
     schedule = Schedule(data.task, BASE.batch_size, BASE.local_epochs)
     longest = int(data.train.counts.max())
-    one_node = jax.jit(lambda b, node, x, y, k, n: node_round(algo, b, node, x, y, k, schedule,
-                                                              n=n))
-    counts = np.concatenate([data.train.counts, np.zeros(PADDING, int)])
+    one_node = jax.jit(lambda b, node, x, y, k, n, work: node_round(
+        algo, b, node, x, y, k, schedule, n=n, work=work))
+    num_nodes = engine.num_nodes
     rounds = []
     for round_ in range(ROUNDS):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(BASE.seed), 1), round_)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(fed.seed), 1), round_)
         _, k_nodes = jax.random.split(key)
         broadcast = algo.broadcast(server)
+        steps, weights = np.zeros(num_nodes, int), np.zeros(num_nodes, np.float32)
+        steps[trace["ids"][round_]] = trace["steps"][round_]
+        weights[trace["ids"][round_]] = trace["weights"][round_]
         uploads, new_nodes = [], []
-        for k, n in enumerate(counts):
-            if n == 0:
+        for k in range(num_nodes):
+            if steps[k] == 0:
                 uploads.append(None)
                 new_nodes.append(_row(nodes, k))
                 continue
             x, y = data.train.node(k)
-            pad = longest - n
+            n, pad = len(x), longest - len(x)
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
             y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
             upload, node, _ = one_node(for_node(broadcast, k), _row(nodes, k), jnp.asarray(x),
                                        jnp.asarray(y), jax.random.fold_in(k_nodes, k),
-                                       jnp.int32(n))
+                                       jnp.int32(n), jnp.int32(steps[k]))
             uploads.append(upload)
             new_nodes.append(node)
-        zeros = jax.tree.map(np.zeros_like, next(u for u in uploads if u is not None))
+        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), engine._upload_shape())
         uploads = host_copy(_stack([zeros if u is None else u for u in uploads]))
         nodes = host_copy(_stack(new_nodes))
-        server = host_copy(algo.server_update(_jnp(server), _jnp(uploads),
-                                        jnp.asarray(counts, jnp.float32),
-                                        jnp.arange(len(counts))))
+        if weights.any():
+            server = host_copy(algo.server_update(_jnp(server), _jnp(uploads),
+                                                  jnp.asarray(weights), jnp.arange(num_nodes)))
         rounds.append(LoopRound(broadcast, uploads, nodes, server))
     return tuple(rounds)
 
@@ -166,6 +180,25 @@ def test_engine_equals_per_node_loop(name):
     assert_close(got.server, want.server)
     assert_close(got.nodes, want.nodes)
     np.testing.assert_array_equal(history["participants"], [len(SIZES)] * ROUNDS)
+
+
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - SYSTEMS_QUICK))
+def test_engine_follows_the_participation_trace(name):
+    """Under Poisson cohorts, stragglers keeping part of their work, dropouts and a late
+    joiner, the engine equals the per-node loop run on its participation trace: a straggler's
+    round is `node_round` cut after its steps, a dropped node keeps its state, and the
+    weights renormalise over the nodes that reported."""
+    engine = _engine(name, UNRELIABLE)
+    trace = engine.participation(ROUNDS)
+    sampled, steps = trace["ids"][trace["steps"] > 0], trace["steps"]
+    assert (trace["stragglers"] > 0).any() and (trace["dropped"] > 0).any()
+    assert 2 not in trace["ids"][0][trace["steps"][0] > 0]  # node 2 joins in round 1
+    assert sampled.size and steps.max() > 0
+    got, history = engine.run(engine.init(), ROUNDS)
+    want = _loop(name, UNRELIABLE)[-1]
+    assert_close(got.server, want.server)
+    assert_close(got.nodes, want.nodes)
+    np.testing.assert_array_equal(history["participants"], trace["participants"])
 
 
 @pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))
