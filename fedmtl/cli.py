@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,12 +25,14 @@ from rich.text import Text
 
 from fedmtl import __version__, models
 from fedmtl import algorithms as algos
+from fedmtl import systems as systems_lib
 from fedmtl.data import FederatedData
-from fedmtl.engine import Federation
+from fedmtl.engine import Engine, Federation
 from fedmtl.experiment import compare
 from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
 from fedmtl.output import ResultsFolder, check_writable
 from fedmtl.report import format_metric, headline_metrics, print_report, summarize
+from fedmtl.systems import Systems, SystemsError
 
 DEFAULT_ROUNDS = 50
 # Learning rates that train every data set at the other defaults: turbofan's end-of-life
@@ -46,9 +50,9 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(message)
 
 
-def bounded(kind=int, *, minimum=None, above=None, below=None):
+def bounded(kind=int, *, minimum=None, above=None, below=None, maximum=None):
     """An argparse type: a finite `kind` number that is >= `minimum` or > `above`, and
-    < `below`."""
+    < `below` or <= `maximum`."""
 
     def parse(text):
         try:
@@ -63,6 +67,8 @@ def bounded(kind=int, *, minimum=None, above=None, below=None):
             raise argparse.ArgumentTypeError(f"must be > {above}")
         if below is not None and value >= below:
             raise argparse.ArgumentTypeError(f"must be < {below}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}")
         return value
 
     return parse
@@ -123,6 +129,60 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weigh the training loss by class: balanced = n / (C n_c) over all "
                    "train rows, for rare classes (default none)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
+
+
+SYSTEMS_HELP = """\
+who takes part in each round, how much of its work each node does, and how long a round
+takes on a simulated clock (docs/systems.md). A time unit is one local step of a node of
+speed 1. Without these options every sampled node does all its work and reports."""
+
+
+def add_systems_arguments(p: argparse.ArgumentParser) -> None:
+    share = bounded(float, minimum=0, maximum=1)
+    g = p.add_argument_group("systems", SYSTEMS_HELP)
+    g.add_argument("--sampling", choices=systems_lib.SAMPLINGS, default="uniform",
+                   help="uniform: --cohort-size nodes (default: all); poisson: each node with "
+                   "probability --sample-rate; weighted: --cohort-size nodes with probability "
+                   "∝ examples, averaged with equal weights (default uniform)")
+    g.add_argument("--sample-rate", type=bounded(float, above=0, maximum=1), default=None,
+                   metavar="Q", help="Poisson sampling: each node's probability, in (0, 1]")
+    g.add_argument("--stragglers", type=share, default=0.0, metavar="P",
+                   help="share of each cohort that completes only part of its work, in "
+                   "[0, 1] (default 0)")
+    g.add_argument("--straggler-work", type=share, nargs=2, default=None, metavar=("A", "B"),
+                   help="a straggler completes a share of its work units drawn uniformly "
+                   "from [A, B], at least one unit and fewer than all (default 0 1)")
+    g.add_argument("--straggler-unit", choices=systems_lib.UNITS, default=None,
+                   help="a straggler's work units: local steps, or whole epochs (FedProx's "
+                   "rule with --straggler-work 0 1) (default step)")
+    g.add_argument("--straggler-policy", choices=systems_lib.POLICIES, default="drop",
+                   help="drop: a straggler's update is discarded (FedAvg's practice); keep: its "
+                   "partial work is aggregated (FedProx's) (default drop)")
+    g.add_argument("--dropout", type=share, default=0.0, metavar="P",
+                   help="probability that a sampled node fails to report, in [0, 1] (default 0)")
+    g.add_argument("--join-by", type=bounded(int, minimum=0), default=None, metavar="R",
+                   help="each node joins in a round drawn uniformly from 0..R (default 0)")
+    g.add_argument("--stay", type=bounded(int, minimum=1), default=None, metavar="R",
+                   help="rounds each node stays after it joins (default: to the end)")
+    g.add_argument("--period", type=bounded(int, minimum=1), default=None, metavar="R",
+                   help="availability cycle of R rounds, each node at its own random phase "
+                   "(default: always available)")
+    g.add_argument("--uptime", type=bounded(float, above=0, maximum=1), default=None,
+                   metavar="U", help="share of each --period a node is available, in (0, 1] "
+                   "(default 1)")
+    g.add_argument("--speed-spread", type=bounded(float, minimum=0), default=0.0,
+                   metavar="SIGMA", help="node speeds (local steps per time unit) lognormal "
+                   "with median 1 and log-std SIGMA (default 0: all 1)")
+    g.add_argument("--bandwidth", type=bounded(float, above=0), default=None,
+                   metavar="BYTES_PER_TIME_UNIT",
+                   help="every node's upload speed (default: instant uploads)")
+    g.add_argument("--deadline", type=bounded(float, above=0), default=None, metavar="T",
+                   help="time units the server waits: a node finishing later does only the "
+                   "steps that fit (a straggler), one that cannot upload in time drops out "
+                   "(default: none)")
+    g.add_argument("--capacity", type=bounded(int, minimum=1), default=None, metavar="C",
+                   help="slots of a Poisson cohort; a round sampling more stops the run "
+                   "(default: the expected size plus about 6 standard deviations)")
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -246,12 +306,103 @@ def build_algorithms(names: list[str], data: FederatedData, args,
     return result
 
 
-def federation(args) -> Federation:
+def check_systems_options(args) -> None:
+    """Systems options that contradict each other or would do nothing (before data loads).
+
+    Raises:
+      CliError: naming the options.
+    """
+    poisson = args.sampling == "poisson"
+    problems = [
+        (args.sample_rate is not None and not poisson,
+         "--sample-rate applies to --sampling poisson only (a fixed cohort is --cohort-size)"),
+        (poisson and args.sample_rate is None, "--sampling poisson needs --sample-rate Q"),
+        (poisson and args.cohort_size is not None,
+         "--cohort-size does not apply to --sampling poisson (its cohort is --sample-rate × "
+         "nodes; --capacity sets its slots)"),
+        (args.capacity is not None and not poisson,
+         "--capacity applies to --sampling poisson only"),
+        (args.sampling == "weighted" and args.cohort_size is None,
+         "--sampling weighted needs --cohort-size (with every node taking part there is "
+         "nothing to weight)"),
+        (args.uptime is not None and args.period is None, "--uptime needs --period"),
+        (args.straggler_work is not None and args.stragglers == 0,
+         "--straggler-work applies to --stragglers only"),
+        (args.straggler_unit is not None and args.stragglers == 0,
+         "--straggler-unit applies to --stragglers only"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise CliError(message)
+    if args.straggler_work is not None and args.straggler_work[0] > args.straggler_work[1]:
+        a, b = args.straggler_work
+        raise CliError(f"--straggler-work {a:g} {b:g}: expected A <= B")
+
+
+def systems(args, num_nodes: int) -> Systems:
+    """The run's `Systems` from the systems options (`Systems()` when none is given); churn
+    and speeds are drawn per node from --seed."""
+    join, leave = 0, None
+    if args.join_by is not None or args.stay is not None:
+        join, leave = systems_lib.churn(num_nodes, join_by=args.join_by or 0, stay=args.stay,
+                                        seed=args.seed)
+    speed = 1.0
+    if args.speed_spread:
+        speed = systems_lib.lognormal_speeds(num_nodes, args.speed_spread, seed=args.seed)
+    work = (0.0, 1.0) if args.straggler_work is None else tuple(args.straggler_work)
+    return Systems(
+        sampling=args.sampling, sample_rate=args.sample_rate, stragglers=args.stragglers,
+        straggler_work=work, straggler_unit=args.straggler_unit or "step",
+        straggler_policy=args.straggler_policy, dropout=args.dropout, join=join, leave=leave,
+        period=args.period, uptime=1.0 if args.uptime is None else args.uptime, speed=speed,
+        bandwidth=math.inf if args.bandwidth is None else args.bandwidth,
+        deadline=args.deadline, capacity=args.capacity,
+    )
+
+
+def federation(args, num_nodes: int) -> Federation:
+    """The run's `Federation`; `num_nodes` sizes the per-node systems draws."""
     return Federation(
         rounds=args.rounds, cohort_size=args.cohort_size, local_epochs=args.local_epochs,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, seed=args.seed,
         rounds_per_sync=max(1, min(10, args.rounds // 10 or 1)),
+        systems=systems(args, num_nodes),
     )
+
+
+def check_systems(fed: Federation, data: FederatedData,
+                  algorithms: list[algos.Algorithm]) -> None:
+    """The systems model against the data and every algorithm, before anything trains: each
+    algorithm's `Engine` checks the options, that some node can report (a node's upload size,
+    hence the deadline, depends on the algorithm) and, planning every round, that some node
+    reports in some round and that a Poisson cohort fits its slots.
+
+    Raises:
+      CliError: the `SystemsError`'s message (prefixed by the algorithm when it is that one's).
+    """
+    if fed.systems.is_neutral:
+        return
+    for i, algo in enumerate(algorithms):
+        try:
+            Engine(algo, data, fed)
+        except SystemsError as e:
+            raise CliError(f"{algo.name}: {e}" if i else str(e)) from None
+
+
+def systems_line(name: str, history: dict) -> str | None:
+    """One line on an algorithm's participation: means per round, the share of the assigned
+    work done (over the rounds that assigned any) and the simulated time."""
+    rounds = len(history.get("train_loss", ()))
+    if not rounds or "sampled" not in history:
+        return None
+    mean = lambda key: float(np.mean(history[key]))
+    assigned = (np.asarray(history["participants"]) + np.asarray(history["dropped"])) > 0
+    work = (f"{100 * float(np.mean(np.asarray(history['work'])[assigned])):.0f}% of the "
+            "assigned work done" if assigned.any() else "no work assigned")
+    return (f"{name}: per round {mean('sampled'):.1f} sampled, {mean('participants'):.1f} "
+            f"reported, {mean('dropped'):.1f} dropped, {mean('stragglers'):.1f} stragglers, "
+            f"{work}; simulated time {float(history['time'][-1]):.6g} "
+            f"({mean('round_time'):.4g} per round)")
 
 
 def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None
@@ -319,6 +470,7 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     every = "all" in names
     if every:  # every algorithm of the library, in the registry's order
         names = list(dict.fromkeys([*algos.ALGORITHMS, *(n for n in names if n != "all")]))
+    check_systems_options(args)
     data = load_data(args)
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
@@ -328,9 +480,10 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                                   notes, resolved)
     for note in notes:
         console.print(f"[yellow]note[/]: {note}")
-    fed = federation(args)
+    fed = federation(args, data.num_nodes)
     if fed.cohort_size is not None and fed.cohort_size > data.num_nodes:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
+    check_systems(fed, data, algorithms)
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
     results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved),
                                  sys.argv[1:])
@@ -368,6 +521,11 @@ def run_comparison(names: list[str], args, console: Console) -> int:
         line = takeaway(comparison)
         if line:
             console.print(line)
+        if not fed.systems.is_neutral:
+            for result in comparison.results:
+                line = systems_line(result.name, result.history)
+                if line:
+                    console.print(f"[bold]systems[/]: {line}")
     console.print("wrote " + ", ".join(str(p) for p in paths))
     for f in comparison.failures:
         console.print(f"[red]failed[/]: {f.error}")
@@ -428,6 +586,7 @@ def make_parser() -> argparse.ArgumentParser:
     for p in (run, cmp_):
         add_data_arguments(p)
         add_training_arguments(p)
+        add_systems_arguments(p)
         add_output_arguments(p)
     try:
         from fedmtl import tycoon

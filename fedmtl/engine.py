@@ -1,6 +1,7 @@
 """The engine: runs an algorithm's per-node functions for all nodes inside one jitted round.
 
-A round: sample a fixed-size cohort → deal the cohort's nodes to L parallel lanes
+A round: plan who takes part and for how many steps (`fedmtl.systems`: sampling,
+stragglers, dropouts, availability, the simulated clock) → deal the cohort's nodes to L lanes
 (`fedmtl.lanes`) → one loop in which every lane takes a `vmap`-ed `step` of its current node,
 starting (`start`) and finishing (`finish`) nodes as they come → uploads [C, ...] →
 `server_update`. Data stays ragged on the device (no per-node padding), so one compiled loop
@@ -62,7 +63,8 @@ class Federation(NamedTuple):
 
     Attributes:
       rounds: communication rounds.
-      cohort_size: nodes sampled per round, uniformly without replacement (None: all).
+      cohort_size: nodes sampled per round (None: all), uniformly without replacement unless
+        `systems` samples otherwise.
       local_epochs: E passes over a node's data per round.
       batch_size: B; node k takes ceil(n_k / B) · E steps per round.
       finetune_steps: local steps that personalize a global model before testing (0: none).
@@ -208,7 +210,7 @@ class Engine:
     ):
         fed = Federation() if federation is None else federation
         _check_federation(fed, data.num_nodes)
-        systems_lib.check(fed.systems, data.names, fed.rounds, fed.cohort_size)
+        systems_lib.check(fed.systems, data.names, fed.cohort_size)
         check_model(algorithm.model, data)  # a named error now, not a traceback mid-training
         self.algorithm, self.data, self.federation = algorithm, data, fed
         self.num_real = data.num_nodes
@@ -235,6 +237,8 @@ class Engine:
         systems_lib.check_reachable(fed.systems, data.names, data.train.counts, fed.rounds,
                                     np.broadcast_to(units, steps.shape), self.upload_bytes)
         self.profile = systems_lib.profile(fed.systems, self.num_real, self.num_nodes, fed.seed)
+        if not fed.systems.is_neutral and fed.rounds:
+            self._check_participation(fed.rounds)
         self._run = jax.jit(self._rounds, static_argnums=(3,), donate_argnums=(0,))
         self._participation = jax.jit(self._plans, static_argnums=(1,))
         self._evaluate = jax.jit(self._evaluate_all)
@@ -348,6 +352,33 @@ class Engine:
     def _plans(self, counts, rounds: int, profile):
         return jax.vmap(lambda r: self._plan(r, counts, profile))(jnp.arange(rounds))
 
+    def _check_participation(self, rounds: int) -> None:
+        """Plans every round before anything trains (one small compilation; memory O(N)):
+        SystemsError if no node would report in any round, or a Poisson cohort would
+        overflow its slots."""
+
+        def planned(counts, profile):
+            def one(round_):
+                metrics = self._plan(round_, counts, profile).metrics
+                return (metrics["participants"], metrics["sampled"], metrics["dropped"],
+                        metrics.get("overflow", jnp.zeros((), bool)))
+
+            return jax.lax.map(one, jnp.arange(rounds))
+
+        reported, sampled, dropped, overflow = jax.device_get(
+            jax.jit(planned)(self.train.counts, self.profile))
+        if overflow.any():
+            raise SystemsError(
+                f"round {int(np.flatnonzero(overflow)[0]) + 1} would sample more nodes than "
+                f"the Poisson cohort's {self.cohort} slots; raise Systems.capacity "
+                "(CLI: --capacity)")
+        if not reported.any():
+            raise SystemsError(
+                f"systems: the cohort would be empty in every round: no node reports in any of "
+                f"the {rounds} rounds (per round {sampled.mean():.1f} sampled, "
+                f"{dropped.mean():.1f} dropped; under straggler_policy 'drop' a cohort of "
+                "stragglers reports nothing)")
+
     def participation(self, rounds: int | None = None) -> dict[str, np.ndarray]:
         """The participation trace of rounds 0 .. rounds-1 (default: the federation's), as
         training will follow it: ids, steps and weights [R, C] (node of each cohort slot, its
@@ -431,7 +462,7 @@ class Engine:
                 round_ = int(state.round) - n + int(np.flatnonzero(overflow)[0]) + 1
                 raise SystemsError(
                     f"round {round_} sampled more nodes than the Poisson cohort's {self.cohort} "
-                    "slots; set Systems(capacity=...) higher")
+                    "slots; raise Systems.capacity (CLI: --capacity)")
             bad = np.flatnonzero(~np.isfinite(metrics["train_loss"]))
             if bad.size:
                 round_ = int(state.round) - n + int(bad[0]) + 1

@@ -110,6 +110,13 @@ class Systems(NamedTuple):
     capacity: int | None = None
 
     @property
+    def is_neutral(self) -> bool:
+        """Whether this is the plain federation of `Systems()` (every field at its default)."""
+        same = lambda a, b: a is b if a is None or b is None else bool(
+            np.all(np.asarray(a) == np.asarray(b)))
+        return all(same(getattr(self, f), d) for f, d in Systems._field_defaults.items())
+
+    @property
     def limits_availability(self) -> bool:
         return not (np.all(np.asarray(self.join) == 0) and self.leave is None
                     and self.period is None)
@@ -161,10 +168,12 @@ def _check_range(values: np.ndarray, name: str, names, ok, expected: str) -> Non
         raise SystemsError(f"systems.{name} must be {expected}, got {values[bad[0]]}{where}")
 
 
-def check(systems: Systems, names, rounds: int, cohort_size: int | None) -> None:
+def check(systems: Systems, names, cohort_size: int | None) -> None:
     """Raises SystemsError (naming the option, and the node where per-node) for a systems
-    model that cannot run: unknown choices, probabilities outside [0, 1], a join at or after
-    a leave, a deadline <= 0, per-node values of the wrong length."""
+    model that cannot run or that sets options nothing would use: unknown choices,
+    probabilities outside [0, 1], a join at or after a leave, a deadline <= 0, per-node values
+    of the wrong length, a capacity without Poisson sampling, an uptime without a period,
+    straggler work without stragglers."""
     s, n = systems, len(names)
     for name, value, choices in (("sampling", s.sampling, SAMPLINGS),
                                  ("straggler_policy", s.straggler_policy, POLICIES),
@@ -175,6 +184,10 @@ def check(systems: Systems, names, rounds: int, cohort_size: int | None) -> None
         if s.sample_rate is None or not 0 < s.sample_rate <= 1:
             raise SystemsError(f"systems.sample_rate must be in (0, 1] for Poisson sampling, "
                                f"got {s.sample_rate}")
+        if cohort_size is not None:
+            raise SystemsError(f"Federation.cohort_size ({cohort_size}) applies to uniform and "
+                               "weighted sampling; a Poisson cohort's size varies with "
+                               "systems.sample_rate: leave cohort_size None")
     elif s.sample_rate is not None:
         raise SystemsError(f"systems.sample_rate applies to Poisson sampling only (sampling is "
                            f"{s.sampling!r}; a fixed cohort is Federation.cohort_size)")
@@ -216,7 +229,15 @@ def check(systems: Systems, names, rounds: int, cohort_size: int | None) -> None
         raise SystemsError(f"systems.deadline must be a finite time > 0, got {s.deadline}")
     if s.capacity is not None and s.capacity < 1:
         raise SystemsError(f"systems.capacity must be >= 1, got {s.capacity}")
-    del rounds
+    unused = [(s.capacity is not None and s.sampling != "poisson",
+               "capacity sizes Poisson cohorts only"),
+              (s.uptime != 1 and s.period is None, "uptime needs a period"),
+              (s.stragglers == 0 and (tuple(s.straggler_work) != (0.0, 1.0)
+                                      or s.straggler_unit != "step"),
+               "straggler_work and straggler_unit need stragglers > 0")]
+    for bad, why in unused:
+        if bad:
+            raise SystemsError(f"systems: {why} (it would be ignored)")
 
 
 def check_reachable(systems: Systems, names, counts: np.ndarray, rounds: int, units: np.ndarray,

@@ -71,10 +71,15 @@ def test_poisson_cohort_sizes_have_binomial_mean_and_variance():
     assert not trace["overflow"].any()
 
 
-def test_a_poisson_cohort_larger_than_its_capacity_stops_the_run():
-    engine = _engine(Systems(sampling="poisson", sample_rate=0.9, capacity=2), cohort_size=None)
-    with pytest.raises(SystemsError, match="capacity"):
-        engine.run(engine.init())
+def test_a_poisson_cohort_larger_than_its_capacity_is_refused():
+    """Before training (every round of the federation is planned at construction) or, for
+    rounds beyond the federation's, when the round comes."""
+    tight = Systems(sampling="poisson", sample_rate=0.9, capacity=2)
+    with pytest.raises(SystemsError, match="round 1 would sample more nodes .*capacity"):
+        _engine(tight, cohort_size=None)
+    engine = _engine(tight, cohort_size=None, rounds=0)
+    with pytest.raises(SystemsError, match="round 1 sampled more nodes .*capacity"):
+        engine.run(engine.init(), 2)
 
 
 def test_weighted_sampling_favours_large_nodes_and_weighs_uploads_equally():
@@ -241,9 +246,22 @@ def test_bad_values_raise_a_named_error_before_training(systems, match):
         _engine(systems, cohort_size=None)
 
 
+@pytest.mark.parametrize("systems, cohort, match", [
+    (Systems(stragglers=0.6), 1, "empty in every round: no node reports"),  # round(0.6) = 1
+    (Systems(capacity=3), None, "capacity sizes Poisson cohorts only"),
+    (Systems(uptime=0.5), None, "uptime needs a period"),
+    (Systems(straggler_unit="epoch"), None, "need stragglers > 0"),
+])
+def test_cohorts_empty_by_plan_and_unused_options_are_named(systems, cohort, match):
+    with pytest.raises(SystemsError, match=match):
+        _engine(systems, cohort_size=cohort)
+
+
 def test_weighted_sampling_needs_a_cohort_size():
     with pytest.raises(SystemsError, match="cohort_size"):
         _engine(Systems(sampling="weighted"), cohort_size=None)
+    with pytest.raises(SystemsError, match="Poisson cohort's size varies"):
+        _engine(Systems(sampling="poisson", sample_rate=0.5), cohort_size=3)
 
 
 def test_local_training_under_stragglers_keeps_dropped_nodes_as_they_were():
