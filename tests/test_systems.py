@@ -42,13 +42,15 @@ def test_neutral_values_equal_the_default_bit_for_bit():
     neutral = Systems(sampling="uniform", stragglers=0.0, straggler_policy="keep",
                       dropout=np.zeros(n), join=np.zeros(n, int), leave=None,
                       speed=np.ones(n), bandwidth=np.full(n, np.inf), deadline=None)
-    for cohort in (None, 5):
-        a, ha = _run(_engine(cohort_size=cohort))
-        b, hb = _run(_engine(neutral, cohort_size=cohort))
-        assert_equal(a, b)
-        assert_equal(ha, hb)
-        assert (ha["work"] == 1).all() and (ha["dropped"] == 0).all()
-        assert (ha["participants"] == (cohort or n)).all()
+    assert neutral.is_neutral
+    a, ha = _run(_engine(cohort_size=5))  # the cohort drawn as before the systems model
+    b, hb = _run(_engine(neutral, cohort_size=5))
+    assert_equal(a, b)
+    assert_equal(ha, hb)
+    assert (ha["work"] == 1).all() and (ha["dropped"] == 0).all()
+    assert (ha["participants"] == 5).all() and (ha["sampled"] == 5).all()
+    full = _trace(neutral, rounds=3, cohort_size=None)
+    assert (full["ids"] == np.arange(n)).all() and (full["weights"] == data(BIG).train.counts).all()
 
 
 # ----- sampling -----

@@ -103,9 +103,12 @@ def fedprox(
     Raises:
       AlgorithmError: μ negative or not a finite number, a bad optimizer or an unknown loss.
 
-    Where we differ from the paper: every node with data takes E full epochs (the paper also
-    lets stragglers stop early, γ-inexact solutions), and the deltas are weighted by example
-    counts rather than averaged over nodes sampled with probability ∝ n_k.
+    Stragglers that stop early (the paper's γ-inexact solutions) come from the systems model,
+    not from the algorithm: `Systems(stragglers=p, straggler_unit="epoch",
+    straggler_policy="keep")` is the paper's experiment (benchmarks/systems). Where we differ
+    from the paper: the deltas are weighted by example counts over a uniform cohort (the
+    paper's experiments; its Algorithm 2 samples ∝ n_k and averages, `Systems(sampling=
+    "weighted")`).
 
     Example:
       >>> algo = fedprox(MLP(60, [64], 10, rngs=nnx.Rngs(0)), mu=0.01)
