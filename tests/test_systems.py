@@ -42,7 +42,6 @@ def test_neutral_values_equal_the_default_bit_for_bit():
     neutral = Systems(sampling="uniform", stragglers=0.0, straggler_policy="keep",
                       dropout=np.zeros(n), join=np.zeros(n, int), leave=None,
                       speed=np.ones(n), bandwidth=np.full(n, np.inf), deadline=None)
-    assert neutral.is_neutral
     a, ha = _run(_engine(cohort_size=5))  # the cohort drawn as before the systems model
     b, hb = _run(_engine(neutral, cohort_size=5))
     assert_equal(a, b)
