@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import inspect
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,14 +24,24 @@ from rich.text import Text
 
 from fedmtl import __version__, models
 from fedmtl import algorithms as algos
-from fedmtl import systems as systems_lib
+from fedmtl.cli_common import CliError, _Parser, bounded
+from fedmtl.cli_federation import (
+    add_robustness_arguments,
+    add_systems_arguments,
+    check_robustness_options,
+    check_systems,
+    check_systems_options,
+    federation,
+    recorded,
+    robustness,
+    robustness_line,
+    systems_line,
+)
 from fedmtl.data import FederatedData
-from fedmtl.engine import Engine, Federation
 from fedmtl.experiment import compare
 from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
 from fedmtl.output import ResultsFolder, check_writable
 from fedmtl.report import format_metric, headline_metrics, print_report, summarize
-from fedmtl.systems import Systems, SystemsError
 
 DEFAULT_ROUNDS = 50
 # Learning rates that train every data set at the other defaults: turbofan's end-of-life
@@ -40,38 +49,6 @@ DEFAULT_ROUNDS = 50
 DEFAULT_LR = {"turbofan": 0.01, "other data sets": 0.05}
 DATASETS = ("synthetic", "synthetic-iid", "turbofan", "vehicle", "har", "har-sitting")
 
-
-class CliError(Exception):
-    """A bad argument or input: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        raise CliError(message)
-
-
-def bounded(kind=int, *, minimum=None, above=None, below=None, maximum=None):
-    """An argparse type: a finite `kind` number that is >= `minimum` or > `above`, and
-    < `below` or <= `maximum`."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if minimum is not None and value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
-        if above is not None and value <= above:
-            raise argparse.ArgumentTypeError(f"must be > {above}")
-        if below is not None and value >= below:
-            raise argparse.ArgumentTypeError(f"must be < {below}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be <= {maximum}")
-        return value
-
-    return parse
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,60 +106,6 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weigh the training loss by class: balanced = n / (C n_c) over all "
                    "train rows, for rare classes (default none)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
-
-
-SYSTEMS_HELP = """\
-who takes part in each round, how much of its work each node does, and how long a round
-takes on a simulated clock (docs/systems.md). A time unit is one local step of a node of
-speed 1. Without these options every sampled node does all its work and reports."""
-
-
-def add_systems_arguments(p: argparse.ArgumentParser) -> None:
-    share = bounded(float, minimum=0, maximum=1)
-    g = p.add_argument_group("systems", SYSTEMS_HELP)
-    g.add_argument("--sampling", choices=systems_lib.SAMPLINGS, default="uniform",
-                   help="uniform: --cohort-size nodes (default: all); poisson: each node with "
-                   "probability --sample-rate; weighted: --cohort-size nodes with probability "
-                   "∝ examples, averaged with equal weights (default uniform)")
-    g.add_argument("--sample-rate", type=bounded(float, above=0, maximum=1), default=None,
-                   metavar="Q", help="Poisson sampling: each node's probability, in (0, 1]")
-    g.add_argument("--stragglers", type=share, default=0.0, metavar="P",
-                   help="share of each cohort that completes only part of its work, in "
-                   "[0, 1] (default 0)")
-    g.add_argument("--straggler-work", type=share, nargs=2, default=None, metavar=("A", "B"),
-                   help="a straggler completes a share of its work units drawn uniformly "
-                   "from [A, B], at least one unit and fewer than all (default 0 1)")
-    g.add_argument("--straggler-unit", choices=systems_lib.UNITS, default=None,
-                   help="a straggler's work units: local steps, or whole epochs (FedProx's "
-                   "rule with --straggler-work 0 1) (default step)")
-    g.add_argument("--straggler-policy", choices=systems_lib.POLICIES, default="drop",
-                   help="drop: a straggler's update is discarded (FedAvg's practice); keep: its "
-                   "partial work is aggregated (FedProx's) (default drop)")
-    g.add_argument("--dropout", type=share, default=0.0, metavar="P",
-                   help="probability that a sampled node fails to report, in [0, 1] (default 0)")
-    g.add_argument("--join-by", type=bounded(int, minimum=0), default=None, metavar="R",
-                   help="each node joins in a round drawn uniformly from 0..R (default 0)")
-    g.add_argument("--stay", type=bounded(int, minimum=1), default=None, metavar="R",
-                   help="rounds each node stays after it joins (default: to the end)")
-    g.add_argument("--period", type=bounded(int, minimum=1), default=None, metavar="R",
-                   help="availability cycle of R rounds, each node at its own random phase "
-                   "(default: always available)")
-    g.add_argument("--uptime", type=bounded(float, above=0, maximum=1), default=None,
-                   metavar="U", help="share of each --period a node is available, in (0, 1] "
-                   "(default 1)")
-    g.add_argument("--speed-spread", type=bounded(float, minimum=0), default=0.0,
-                   metavar="SIGMA", help="node speeds (local steps per time unit) lognormal "
-                   "with median 1 and log-std SIGMA (default 0: all 1)")
-    g.add_argument("--bandwidth", type=bounded(float, above=0), default=None,
-                   metavar="BYTES_PER_TIME_UNIT",
-                   help="every node's upload speed (default: instant uploads)")
-    g.add_argument("--deadline", type=bounded(float, above=0), default=None, metavar="T",
-                   help="time units the server waits: a node finishing later does only the "
-                   "steps that fit (a straggler), one that cannot upload in time drops out "
-                   "(default: none)")
-    g.add_argument("--capacity", type=bounded(int, minimum=1), default=None, metavar="C",
-                   help="slots of a Poisson cohort; a round sampling more stops the run "
-                   "(default: the expected size plus about 6 standard deviations)")
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -306,110 +229,12 @@ def build_algorithms(names: list[str], data: FederatedData, args,
     return result
 
 
-def check_systems_options(args) -> None:
-    """Systems options that contradict each other or would do nothing (before data loads).
-
-    Raises:
-      CliError: naming the options.
-    """
-    poisson = args.sampling == "poisson"
-    problems = [
-        (args.sample_rate is not None and not poisson,
-         "--sample-rate applies to --sampling poisson only (a fixed cohort is --cohort-size)"),
-        (poisson and args.sample_rate is None, "--sampling poisson needs --sample-rate Q"),
-        (poisson and args.cohort_size is not None,
-         "--cohort-size does not apply to --sampling poisson (its cohort is --sample-rate × "
-         "nodes; --capacity sets its slots)"),
-        (args.capacity is not None and not poisson,
-         "--capacity applies to --sampling poisson only"),
-        (args.sampling == "weighted" and args.cohort_size is None,
-         "--sampling weighted needs --cohort-size (with every node taking part there is "
-         "nothing to weight)"),
-        (args.uptime is not None and args.period is None, "--uptime needs --period"),
-        (args.straggler_work is not None and args.stragglers == 0,
-         "--straggler-work applies to --stragglers only"),
-        (args.straggler_unit is not None and args.stragglers == 0,
-         "--straggler-unit applies to --stragglers only"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise CliError(message)
-    if args.straggler_work is not None and args.straggler_work[0] > args.straggler_work[1]:
-        a, b = args.straggler_work
-        raise CliError(f"--straggler-work {a:g} {b:g}: expected A <= B")
-
-
-def systems(args, num_nodes: int) -> Systems:
-    """The run's `Systems` from the systems options (`Systems()` when none is given); churn
-    and speeds are drawn per node from --seed."""
-    join, leave = 0, None
-    if args.join_by is not None or args.stay is not None:
-        join, leave = systems_lib.churn(num_nodes, join_by=args.join_by or 0, stay=args.stay,
-                                        seed=args.seed)
-    speed = 1.0
-    if args.speed_spread:
-        speed = systems_lib.lognormal_speeds(num_nodes, args.speed_spread, seed=args.seed)
-    work = (0.0, 1.0) if args.straggler_work is None else tuple(args.straggler_work)
-    return Systems(
-        sampling=args.sampling, sample_rate=args.sample_rate, stragglers=args.stragglers,
-        straggler_work=work, straggler_unit=args.straggler_unit or "step",
-        straggler_policy=args.straggler_policy, dropout=args.dropout, join=join, leave=leave,
-        period=args.period, uptime=1.0 if args.uptime is None else args.uptime, speed=speed,
-        bandwidth=math.inf if args.bandwidth is None else args.bandwidth,
-        deadline=args.deadline, capacity=args.capacity,
-    )
-
-
-def federation(args, num_nodes: int) -> Federation:
-    """The run's `Federation`; `num_nodes` sizes the per-node systems draws."""
-    return Federation(
-        rounds=args.rounds, cohort_size=args.cohort_size, local_epochs=args.local_epochs,
-        batch_size=args.batch_size, finetune_steps=args.finetune_steps, seed=args.seed,
-        rounds_per_sync=max(1, min(10, args.rounds // 10 or 1)),
-        systems=systems(args, num_nodes),
-    )
-
-
-def check_systems(fed: Federation, data: FederatedData,
-                  algorithms: list[algos.Algorithm]) -> None:
-    """The systems model against the data and every algorithm, before anything trains: each
-    algorithm's `Engine` checks the options, that some node can report (a node's upload size,
-    hence the deadline, depends on the algorithm) and, planning every round, that some node
-    reports in some round and that a Poisson cohort fits its slots.
-
-    Raises:
-      CliError: the `SystemsError`'s message (prefixed by the algorithm when it is that one's).
-    """
-    if fed.systems.is_neutral:
-        return
-    for i, algo in enumerate(algorithms):
-        try:
-            Engine(algo, data, fed)
-        except SystemsError as e:
-            raise CliError(f"{algo.name}: {e}" if i else str(e)) from None
-
-
-def systems_line(name: str, history: dict) -> str | None:
-    """One line on an algorithm's participation: means per round, the share of the assigned
-    work done (over the rounds that assigned any) and the simulated time."""
-    rounds = len(history.get("train_loss", ()))
-    if not rounds or "sampled" not in history:
-        return None
-    mean = lambda key: float(np.mean(history[key]))
-    assigned = (np.asarray(history["participants"]) + np.asarray(history["dropped"])) > 0
-    work = (f"{100 * float(np.mean(np.asarray(history['work'])[assigned])):.0f}% of the "
-            "assigned work done" if assigned.any() else "no work assigned")
-    return (f"{name}: per round {mean('sampled'):.1f} sampled, {mean('participants'):.1f} "
-            f"reported, {mean('dropped'):.1f} dropped, {mean('stragglers'):.1f} stragglers, "
-            f"{work}; simulated time {float(history['time'][-1]):.6g} "
-            f"({mean('round_time'):.4g} per round)")
-
-
-def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None
-                    ) -> dict:
+def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None,
+                    robustness_record: dict | None = None) -> dict:
     """Every option of the run, defaults included, plus what they resolved to (the output
-    folder is left out: it says where the results went, not how they were made), and each
-    algorithm's hyper-parameters (`resolved`, from `build_algorithms`)."""
+    folder is left out: it says where the results went, not how they were made), each
+    algorithm's hyper-parameters (`resolved`, from `build_algorithms`) and the robust rule
+    and attack with their parameters (`robustness_record`, from `robustness`)."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                if k not in ("func", "out")}
     model = algorithms[0].model
@@ -417,6 +242,7 @@ def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | No
         "options": options,
         "algorithms": [a.name for a in algorithms],
         "hyperparameters": resolved or {},
+        "robustness": robustness_record or {"aggregator": None, "attack": None},
         "model": {"name": args.model, "hidden": args.hidden if args.model == "mlp" else None,
                   "norm": args.norm,
                   "parameters": model.num_params()},
@@ -471,6 +297,7 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     if every:  # every algorithm of the library, in the registry's order
         names = list(dict.fromkeys([*algos.ALGORITHMS, *(n for n in names if n != "all")]))
     check_systems_options(args)
+    check_robustness_options(args)
     data = load_data(args)
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
@@ -481,12 +308,17 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     for note in notes:
         console.print(f"[yellow]note[/]: {note}")
     fed = federation(args, data.num_nodes)
+    record = robustness(args, data.num_nodes)[2]
     if fed.cohort_size is not None and fed.cohort_size > data.num_nodes:
         raise CliError(f"--cohort-size {fed.cohort_size} exceeds the {data.num_nodes} nodes")
     check_systems(fed, data, algorithms)
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
-    results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved),
+    if robustness_line(record):
+        console.print(f"[bold]robustness[/]: {robustness_line(record)}")
+    results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved, record),
                                  sys.argv[1:])
+    # results.json records the federation; its aggregator and attack hold functions
+    as_recorded = lambda c: dataclasses.replace(c, federation=recorded(c.federation, record))
     try:
         with progress_bars(console) as progress:
             tasks = {a.name: progress.add_task(a.name, total=fed.rounds, metrics="waiting",
@@ -508,14 +340,14 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                 failed = any(f.name == name for f in so_far.failures)
                 progress.update(tasks[name], metrics="[red]failed[/]" if failed else "done")
                 progress.stop_task(tasks[name])
-                results.update(so_far)
+                results.update(as_recorded(so_far))
 
             comparison = compare(algorithms, data, fed, callback, on_start=on_start,
                                  on_done=on_done)
     except BaseException:
         results.close(status="interrupted")
         raise
-    paths = results.close(comparison)
+    paths = results.close(as_recorded(comparison))
     if comparison.results:
         print_report(comparison, console, args.show_nodes)
         line = takeaway(comparison)
@@ -587,6 +419,7 @@ def make_parser() -> argparse.ArgumentParser:
         add_data_arguments(p)
         add_training_arguments(p)
         add_systems_arguments(p)
+        add_robustness_arguments(p)
         add_output_arguments(p)
     try:
         from fedmtl import tycoon

@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedmtl import attacks as attacks_lib
 from fedmtl import lanes as lanes_lib
 from fedmtl import systems as systems_lib
 from fedmtl.algorithms import Algorithm, for_node
+from fedmtl.attacks import Attack
 from fedmtl.data import FederatedData, Split
 from fedmtl.models import check_model
 from fedmtl.objectives import (
@@ -30,6 +32,7 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
+from fedmtl.robust import Aggregator
 from fedmtl.systems import Systems, SystemsError
 from fedmtl.training import (
     Batch,
@@ -40,7 +43,7 @@ from fedmtl.training import (
     steps_per_epoch,
 )
 
-_INIT, _ROUNDS, _FINETUNE, _SYSTEMS = 0, 1, 2, 3
+_INIT, _ROUNDS, _FINETUNE, _SYSTEMS, _ATTACK, _AGGREGATE = 0, 1, 2, 3, 4, 5
 EVAL_BATCH = 64  # test rows per evaluation step
 
 
@@ -76,6 +79,9 @@ class Federation(NamedTuple):
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
       systems: who is available and sampled, stragglers, dropouts and the simulated clock
         (`fedmtl.systems.Systems`; the default is a plain federation).
+      aggregator: the rule that replaces the weighted mean wherever an algorithm averages
+        uploads (`fedmtl.robust`; None: the weighted mean).
+      attack: which nodes lie and how (`fedmtl.attacks`; None: nobody).
     """
 
     rounds: int = 50
@@ -88,6 +94,8 @@ class Federation(NamedTuple):
     lane_step_cost: float | None = None
     rounds_per_sync: int = 10
     systems: Systems = Systems()
+    aggregator: Aggregator | None = None
+    attack: Attack | None = None
 
 
 class EngineState(NamedTuple):
@@ -112,12 +120,12 @@ class SplitArrays(NamedTuple):
     local: jax.Array
 
 
-def _split_arrays(split: Split, empty_nodes: int) -> SplitArrays:
+def _split_arrays(split: Split, empty_nodes: int, y=None) -> SplitArrays:
     counts = np.concatenate([split.counts, np.zeros(empty_nodes, np.int64)])
     offsets = np.concatenate([[0], np.cumsum(counts)])
     segment = np.repeat(np.arange(len(counts)), counts)
     local = np.arange(len(segment)) - offsets[segment]
-    x, y = split.x, split.y
+    x, y = split.x, split.y if y is None else y
     if len(x) == 0:  # keep gathers well defined; counts are all 0, so the row is never used
         x, y = np.zeros((1,) + x.shape[1:], x.dtype), np.zeros((1,) + y.shape[1:], y.dtype)
     i32 = lambda a: jnp.asarray(a, jnp.int32)
@@ -171,6 +179,14 @@ def _zeros(shapes, lead: int):
     return jax.tree.map(lambda s: jnp.zeros((lead,) + s.shape, s.dtype), shapes)
 
 
+def _bind(aggregator: Aggregator, key: jax.Array):
+    """aggregator.aggregate as (uploads, weights) -> one upload; each call in a round gets its
+    own key (fold_in of the call's number, counted while tracing)."""
+    calls = iter(range(1 << 30))
+    return lambda uploads, weights: aggregator.aggregate(
+        uploads, weights, jax.random.fold_in(key, next(calls)))
+
+
 def _lane_count(fed: Federation, steps: np.ndarray, width: int | None = None) -> int:
     if fed.lanes is not None:
         return min(fed.lanes, max(len(steps), 1))
@@ -218,8 +234,20 @@ class Engine:
         self.schedule = Schedule(data.task, fed.batch_size, fed.local_epochs,
                                  algorithm.prologue_epochs)
         self.epochs = fed.local_epochs + algorithm.prologue_epochs  # passes per round
+        attack = fed.attack
+        attackers = (np.zeros(data.num_nodes, bool) if attack is None
+                     else attacks_lib.attackers(attack.fraction, data.num_nodes, fed.seed))
+        self.attackers = jnp.asarray(np.concatenate([attackers, np.zeros(empty_nodes, bool)]))
+        labels = None
+        if attack is not None and attack.labels is not None:
+            if data.task != "classification":
+                raise attacks_lib.AttackError(f"{attack.name}: flips class labels; the data's "
+                                              f"task is {data.task}")
+            rows = np.repeat(attackers, data.train.counts)
+            labels = np.where(rows, attack.labels(data.train.y, data.num_classes),
+                              data.train.y)
         # Passed to the jitted functions as arguments (never captured as constants).
-        self.train = _split_arrays(data.train, empty_nodes)
+        self.train = _split_arrays(data.train, empty_nodes, labels)
         self.test = _split_arrays(data.test, empty_nodes)
         self.cohort, expected = systems_lib.slots(fed.systems, fed.cohort_size, self.num_real,
                                                   self.num_nodes)
@@ -237,9 +265,11 @@ class Engine:
         systems_lib.check_reachable(fed.systems, data.names, data.train.counts, fed.rounds,
                                     np.broadcast_to(units, steps.shape), self.upload_bytes)
         self.profile = systems_lib.profile(fed.systems, self.num_real, self.num_nodes, fed.seed)
+        if fed.aggregator is not None:
+            fed.aggregator.check(max(1, round(expected)))
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
-        self._run = jax.jit(self._rounds, static_argnums=(3,), donate_argnums=(0,))
+        self._run = jax.jit(self._rounds, static_argnums=(4,), donate_argnums=(0,))
         self._participation = jax.jit(self._plans, static_argnums=(1,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._models)
@@ -391,7 +421,7 @@ class Engine:
         return {"ids": plans.ids, "steps": plans.steps, "weights": plans.weights,
                 **plans.metrics}
 
-    def _round(self, state: EngineState, tr: SplitArrays, profile):
+    def _round(self, state: EngineState, tr: SplitArrays, profile, attackers):
         algo, fed = self.algorithm, self.federation
         key = jax.random.fold_in(self._key(_ROUNDS), state.round)
         _, k_nodes = jax.random.split(key)
@@ -418,16 +448,28 @@ class Engine:
             tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs,
             algo.prologue_epochs,
         )
-        updated = algo.server_update(state.server, uploads, weights, ids)
+        metrics = {}
+        attack = fed.attack
+        if attack is not None and attack.corrupt is not None:
+            attacking = attackers[ids] & (weights > 0)
+            uploads = attack.corrupt(uploads, weights, attacking,
+                                     jax.random.fold_in(self._key(_ATTACK), state.round))
+            metrics["attackers"] = jnp.sum(attacking)
+        if fed.aggregator is None:
+            updated = algo.server_update(state.server, uploads, weights, ids)
+        else:
+            updated = algo.server_update(state.server, uploads, weights, ids, aggregate=_bind(
+                fed.aggregator, jax.random.fold_in(self._key(_AGGREGATE), state.round)))
         reported = jnp.any(weights > 0)  # a round nobody reported leaves the server as it was
         server = jax.tree.map(lambda new, old: jnp.where(reported, new, old), updated,
                               state.server)
         clock = state.clock + plan.metrics["round_time"]
-        metrics = {"train_loss": loss / jnp.maximum(seen, 1.0), **plan.metrics, "time": clock}
+        metrics = {"train_loss": loss / jnp.maximum(seen, 1.0), **plan.metrics, "time": clock,
+                   **metrics}
         return EngineState(server, nodes, state.round + 1, clock), metrics
 
-    def _rounds(self, state: EngineState, tr: SplitArrays, profile, num_rounds: int):
-        return jax.lax.scan(lambda s, _: self._round(s, tr, profile), state, None,
+    def _rounds(self, state: EngineState, tr: SplitArrays, profile, attackers, num_rounds: int):
+        return jax.lax.scan(lambda s, _: self._round(s, tr, profile, attackers), state, None,
                             length=num_rounds)
 
     def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
@@ -453,7 +495,7 @@ class Engine:
         history, done = [], 0
         while done < rounds:
             n = min(chunk, rounds - done)
-            state, metrics = self._run(state, self.train, self.profile, n)
+            state, metrics = self._run(state, self.train, self.profile, self.attackers, n)
             done += n
             metrics = jax.device_get(metrics)
             overflow = metrics.pop("overflow", np.zeros(0, bool))

@@ -111,8 +111,8 @@ def per_node_csv(comparison: Comparison) -> str:
 def _plain(value):
     """A JSON-safe copy of a configuration value: arrays as lists, tuples of fields as dicts,
     infinities as the string "inf" (strict JSON has none)."""
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
+    if hasattr(value, "_asdict"):  # functions (a rule's or an attack's code) are left out
+        return {k: _plain(v) for k, v in value._asdict().items() if not callable(v)}
     if isinstance(value, np.ndarray | list | tuple):
         return [_plain(v) for v in np.asarray(value).tolist()] if isinstance(
             value, np.ndarray) else [_plain(v) for v in value]

@@ -30,7 +30,7 @@ from tiny import (  # the shared tiny problem
     mlp,
 )
 
-from fedmtl import algorithms
+from fedmtl import algorithms, robust
 from fedmtl.algorithms import for_node
 from fedmtl.engine import Engine, Federation
 from fedmtl.systems import Systems
@@ -199,6 +199,29 @@ def test_engine_follows_the_participation_trace(name):
     assert_close(got.server, want.server)
     assert_close(got.nodes, want.nodes)
     np.testing.assert_array_equal(history["participants"], trace["participants"])
+
+
+SPIED = {}  # algorithm name -> calls of the aggregator while tracing
+NO_AVERAGE = {"local": "local training averages nothing"}
+
+
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - SYSTEMS_QUICK, skip=NO_AVERAGE))
+def test_averaging_goes_through_the_configured_aggregator(name):
+    """With an aggregator that is the weighted mean, every algorithm calls it wherever it
+    averages (so a robust rule replaces all of its averaging) and trains what it trains
+    without one."""
+
+    def spy(uploads, weights, key):
+        SPIED[name] = SPIED.get(name, 0) + 1
+        return robust.mean().aggregate(uploads, weights, key)
+
+    fed = LAYOUT._replace(aggregator=robust.Aggregator("spy", spy))
+    engine = _engine(name, fed)
+    got, _ = engine.run(engine.init(), ROUNDS)
+    assert SPIED.get(name, 0) >= 1
+    want = _loop(name)[-1]
+    assert_close(got.server, want.server)
+    assert_close(got.nodes, want.nodes)
 
 
 @pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))

@@ -43,8 +43,10 @@ class Algorithm(NamedTuple):
       start: (node's broadcast, node state) -> the node's training state for this round.
       step: (training state, Batch, key, task) -> (training state, mean loss of the batch).
       finish: (node's broadcast, node state, training state) -> (upload, new node state).
-      server_update: (server state, uploads [C, ...], weights [C], node ids [C]) -> server
-        state. ids say whose upload each row is (e.g. to keep a per-node copy [N, ...]).
+      server_update: (server state, uploads [C, ...], weights [C], node ids [C],
+        aggregate=None) -> server state. ids say whose upload each row is (e.g. to keep a
+        per-node copy [N, ...]). Where it averages uploads it calls `aggregate(uploads,
+        weights)` when given (a robust rule, `fedmtl.robust`), else `weighted_mean`.
       models: (node's broadcast, node state) -> {kind: (shared, personal)} parameters to
         evaluate on the node; kinds are "global", "personalized" or "local".
       finetune: a `Trainer` of (shared, personal) parameters that personalizes the global
@@ -203,9 +205,11 @@ def delta_server(model: Model, server_optimizer):
         del key, num_nodes
         return ServerState(model.shared, server_optimizer.init(model.shared))
 
-    def server_update(server: ServerState, uploads, weights, ids):
+    def server_update(server: ServerState, uploads, weights, ids, aggregate=None):
         del ids
-        pseudo_grad = jax.tree.map(lambda d: -d, weighted_mean(uploads, weights))
+        mean = weighted_mean(uploads, weights) if aggregate is None else aggregate(uploads,
+                                                                                   weights)
+        pseudo_grad = jax.tree.map(lambda d: -d, mean)
         updates, opt_state = server_optimizer.update(pseudo_grad, server.opt_state, server.params)
         return ServerState(optax.apply_updates(server.params, updates), opt_state)
 

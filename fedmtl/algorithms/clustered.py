@@ -164,13 +164,14 @@ def ifca(
         start_model = jax.tree.map(lambda m: m[state.cluster], models)
         return (delta(state.train.params[0], start_model), state.cluster), state.cluster
 
-    def server_update(server: IfcaServer, uploads, weights_, ids):
+    def server_update(server: IfcaServer, uploads, weights_, ids, aggregate=None):
+        aggregate = weighted_mean if aggregate is None else aggregate
         deltas, chosen = uploads
         member = (chosen[:, None] == jnp.arange(clusters)[None]) & (weights_[:, None] > 0)
         w = jnp.where(member, weights_[:, None], 0.0)  # [C, k]
         total = jnp.sum(w, axis=0)  # [k]
         # one weighted mean per cluster (as FedAvg's, so k = 1 is FedAvg bit for bit)
-        means = [weighted_mean(deltas, w[:, j]) for j in range(clusters)]
+        means = [aggregate(deltas, w[:, j]) for j in range(clusters)]
         pseudo_grad = jax.tree.map(lambda *d: -jnp.stack(d), *means)  # [k, ...]
         updates, opt_state = jax.vmap(server_opt.update)(pseudo_grad, server.opt_state,
                                                          server.params)

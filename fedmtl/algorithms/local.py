@@ -41,7 +41,7 @@ def local(
         start=lambda broadcast, params: train.init((model.shared, params)),
         step=train.step,
         finish=lambda broadcast, params, state: ((), state.params[1]),
-        server_update=lambda server, uploads, weights, ids: server,
+        server_update=lambda server, uploads, weights, ids, aggregate=None: server,
         models=lambda broadcast, params: {"local": (model.shared, params)},
         finetune=None,
     )

@@ -161,9 +161,9 @@ def mocha(
         body, _ = received
         return (delta(state.params[0], body), ravel_pytree(state.params[1])[0]), state.params[1]
 
-    def server_update(server: MochaServer, uploads, weights, ids):
+    def server_update(server: MochaServer, uploads, weights, ids, aggregate=None):
         deltas, rows = uploads
-        body = update_body(server.body, deltas, weights, ids)
+        body = update_body(server.body, deltas, weights, ids, aggregate)
         trained = weights > 0  # nodes without data took no step: keep their rows
         W = server.W.at[ids].set(jnp.where(trained[:, None], rows, server.W[ids]))
         reported = server.reported.at[ids].set(server.reported[ids] | trained)

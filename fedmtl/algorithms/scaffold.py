@@ -148,9 +148,10 @@ def scaffold(
                               c_i, received.control, x, y)
         return ScaffoldUpload(delta(y, x), delta(c_plus, c_i)), c_plus
 
-    def server_update(server: ScaffoldServer, uploads: ScaffoldUpload, weights, ids):
+    def server_update(server: ScaffoldServer, uploads: ScaffoldUpload, weights, ids,
+                      aggregate=None):
         moved = update_params(ServerState(server.params, server.opt_state), uploads.delta,
-                              weights, ids)
+                              weights, ids, aggregate)
         reported = weights > 0
 
         def add(total, dc):  # rows of nodes without data carry junk: they add nothing
