@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 
 from fedmtl import attacks, cli, robust
 from fedmtl.data import FederatedData
@@ -161,13 +162,7 @@ def test_bad_robustness_options_stop_before_training_in_one_line(options, match,
 
     monkeypatch.setattr(cli, "compare", no_training)
     argv = ["compare", "--algorithms", "fedavg", *TINY, *options, "--out", str(tmp_path)]
-    assert cli.main(argv) == 2
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedmtl: error:"), err
-    assert match in lines[0]
-    assert "Traceback" not in out + err
-    assert not (tmp_path / "results.json").exists()
+    assert_one_line_error(cli.main(argv), capsys, match, tmp_path)
 
 
 def test_label_flip_on_regression_is_a_one_line_error(monkeypatch, capsys, tmp_path):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 
 from fedmtl import cli, systems
 from fedmtl.systems import Systems
@@ -92,13 +93,7 @@ def test_bad_systems_options_stop_before_training_in_one_line(options, match, ca
 
     monkeypatch.setattr(cli, "compare", no_training)
     argv = ["compare", "--algorithms", "fedavg", *TINY, *options, "--out", str(tmp_path)]
-    assert cli.main(argv) == 2
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedmtl: error:"), err
-    assert match in lines[0]
-    assert "Traceback" not in out + err
-    assert not (tmp_path / "results.json").exists()
+    assert_one_line_error(cli.main(argv), capsys, match, tmp_path)
 
 
 def test_systems_line_summarises_the_history():

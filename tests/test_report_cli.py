@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import assert_one_line_error
 from rich.console import Console
 
 import fedmtl
@@ -190,13 +191,8 @@ TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, match, capsys, tmp_path):
-    assert cli.main([*argv, "--out", str(tmp_path)] if argv[0] != "frobnicate" else argv) == 2
-    out, err = capsys.readouterr()
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedmtl: error:"), err
-    assert match in lines[0]
-    assert "Traceback" not in out + err
-    assert not (tmp_path / "results.json").exists()
+    status = cli.main([*argv, "--out", str(tmp_path)] if argv[0] != "frobnicate" else argv)
+    assert_one_line_error(status, capsys, match, tmp_path)
 
 
 def test_cli_compare_writes_results(tmp_path, capsys):
