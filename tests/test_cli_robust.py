@@ -181,6 +181,7 @@ def test_label_flip_on_regression_is_a_one_line_error(monkeypatch, capsys, tmp_p
                    "regression\n")
 
 
+@pytest.mark.slow  # a full CLI run; the systems CLI test runs one in the default suite
 def test_compare_under_attack_records_the_rule_the_attack_and_the_attackers(tmp_path,
                                                                              capsys):
     """One tiny end-to-end run (fedavg beside the local baseline): results.json is strict

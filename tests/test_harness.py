@@ -81,7 +81,8 @@ LAYOUT = BASE._replace(lanes=2)  # lanes pick up the next node mid-loop
 UNRELIABLE = LAYOUT._replace(seed=2, systems=Systems(
     sampling="poisson", sample_rate=0.8, stragglers=0.5, straggler_policy="keep",
     dropout=0.25, join=(0, 0, 1, 0, 0)))
-SYSTEMS_QUICK = {"fedavg", "scaffold", "mocha", "ditto"}  # step counters, per-node state
+SYSTEMS_QUICK = {"scaffold", "mocha"}  # a step counter; per-node state and broadcasts
+AGGREGATOR_QUICK = {"ifca", "mocha"}  # one average per cluster; a body beside personal rows
 
 
 @functools.cache
@@ -205,7 +206,7 @@ SPIED = {}  # algorithm name -> calls of the aggregator while tracing
 NO_AVERAGE = {"local": "local training averages nothing"}
 
 
-@pytest.mark.parametrize("name", _names(slow=set(NAMES) - SYSTEMS_QUICK, skip=NO_AVERAGE))
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - AGGREGATOR_QUICK, skip=NO_AVERAGE))
 def test_averaging_goes_through_the_configured_aggregator(name):
     """With an aggregator that is the weighted mean, every algorithm calls it wherever it
     averages (so a robust rule replaces all of its averaging) and trains what it trains

@@ -201,6 +201,7 @@ def test_a_round_nobody_reports_in_leaves_the_server_unchanged():
 # ----- reproducibility -----
 
 
+@pytest.mark.slow  # two engines trained; the harness checks lanes on the plain federation
 def test_same_seed_same_trace_and_results_whatever_the_lanes():
     systems = Systems(sampling="poisson", sample_rate=0.5, stragglers=0.3,
                       straggler_policy="keep", dropout=0.2,
