@@ -259,8 +259,9 @@ class Engine:
         self.real_share = float(self.epochs * data.train.counts.sum() / max(computed, 1))
         self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
+        self.upload_shapes = self._upload_shapes()  # one node's upload: the round's buffer
         self.upload_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
-                                for leaf in jax.tree.leaves(self._upload_shape()))
+                                for leaf in jax.tree.leaves(self.upload_shapes))
         units = (self.epochs if fed.systems.straggler_unit == "epoch" else steps)
         systems_lib.check_reachable(fed.systems, data.names, data.train.counts, fed.rounds,
                                     np.broadcast_to(units, steps.shape), self.upload_bytes)
@@ -295,8 +296,8 @@ class Engine:
         server = self.algorithm.init(k_server, self.num_nodes)
         return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
 
-    def _upload_shape(self):
-        """Shapes of one node's upload (for the clock's upload time)."""
+    def _upload_shapes(self):
+        """Shapes of one node's upload (the round's upload buffer; the clock's upload time)."""
         algo = self.algorithm
 
         def upload(state: EngineState):
@@ -416,8 +417,7 @@ class Engine:
         systems metrics [R]. A pure function of the seed and the nodes' sizes: the same
         whatever the lane count."""
         rounds = self.federation.rounds if rounds is None else rounds
-        plans = jax.device_get(self._participation(self.train.counts, rounds,
-                                                                self.profile))
+        plans = jax.device_get(self._participation(self.train.counts, rounds, self.profile))
         return {"ids": plans.ids, "steps": plans.steps, "weights": plans.weights,
                 **plans.metrics}
 
@@ -432,10 +432,6 @@ class Engine:
         start = lambda node: algo.start(for_node(broadcast, node), _gather(state.nodes, node))
         finish_node = lambda nodes, node, train_state: algo.finish(
             for_node(broadcast, node), _gather(nodes, node), train_state)
-        upload_shape = jax.eval_shape(
-            lambda node: finish_node(state.nodes, node, start(node))[0], ids[0]
-        )
-
         def finish(out, node, slot, states, done):
             nodes, uploads = out
             upload, new = jax.vmap(finish_node, in_axes=(None, 0, 0))(nodes, node, states)
@@ -443,7 +439,7 @@ class Engine:
             uploads = _scatter(uploads, jnp.where(done, slot, self.cohort), upload)
             return nodes, uploads
 
-        out = (state.nodes, _zeros(upload_shape, self.cohort))
+        out = (state.nodes, _zeros(self.upload_shapes, self.cohort))
         (nodes, uploads), loss, seen = self._train_lanes(
             tr, ids, steps, self.lanes, start, algo.step, finish, out, k_nodes, fed.local_epochs,
             algo.prologue_epochs,

@@ -157,7 +157,7 @@ def _loop(name: str, fed: Federation = LAYOUT) -> tuple:
                                        jnp.int32(n), jnp.int32(steps[k]))
             uploads.append(upload)
             new_nodes.append(node)
-        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), engine._upload_shape())
+        zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), engine.upload_shapes)
         uploads = host_copy(_stack([zeros if u is None else u for u in uploads]))
         nodes = host_copy(_stack(new_nodes))
         if weights.any():
