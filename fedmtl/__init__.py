@@ -4,7 +4,7 @@ Data flows one way: FederatedData → start / step / finish (vmapped lanes) → 
 server_update → evaluation (global vs local vs personalized, per node) → report.
 """
 
-from fedmtl import attacks, robust, systems
+from fedmtl import accounting, attacks, privacy, robust, systems
 from fedmtl.aggregation import weighted_mean
 from fedmtl.algorithms import (
     ALGORITHMS,
@@ -49,7 +49,7 @@ __all__ = [
     "Conv1D", "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData",
     "FederatedDataError", "Federation", "LogisticRegression", "Model", "ModelDataMismatch",
     "PerNode", "ResultsFolder", "Systems", "SystemsError", "compare", "graph_mtl",
-    "planted_groups", "run_algorithm", "attacks", "robust", "systems",
+    "planted_groups", "run_algorithm", "accounting", "attacks", "privacy", "robust", "systems",
     "synthetic", "weighted_mean", "write_results", "apfl", "ditto", "fedadagrad", "fedadam",
     "fedala", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi",
     "ifca", "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",

@@ -37,6 +37,7 @@ from fedmtl.cli_federation import (
     robustness_line,
     systems_line,
 )
+from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, privacy_line
 from fedmtl.data import FederatedData
 from fedmtl.experiment import compare
 from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
@@ -298,6 +299,7 @@ def run_comparison(names: list[str], args, console: Console) -> int:
         names = list(dict.fromkeys([*algos.ALGORITHMS, *(n for n in names if n != "all")]))
     check_systems_options(args)
     check_robustness_options(args)
+    check_privacy_options(args)
     data = load_data(args)
     if "local" not in names:
         names = ["local", *names]  # the local-only column every report needs
@@ -358,6 +360,10 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                 line = systems_line(result.name, result.history)
                 if line:
                     console.print(f"[bold]systems[/]: {line}")
+        for result in comparison.results:
+            line = privacy_line(result.privacy)
+            if line:
+                console.print(f"[bold]privacy[/]: {result.name}: {line}")
     console.print("wrote " + ", ".join(str(p) for p in paths))
     for f in comparison.failures:
         console.print(f"[red]failed[/]: {f.error}")
@@ -420,6 +426,7 @@ def make_parser() -> argparse.ArgumentParser:
         add_training_arguments(p)
         add_systems_arguments(p)
         add_robustness_arguments(p)
+        add_privacy_arguments(p)
         add_output_arguments(p)
     try:
         from fedmtl import tycoon

@@ -16,9 +16,12 @@ from fedmtl import robust
 from fedmtl import systems as systems_lib
 from fedmtl.attacks import AttackError
 from fedmtl.cli_common import CliError, bounded
+from fedmtl.cli_privacy import privacy, secure_aggregation
 from fedmtl.data import FederatedData
 from fedmtl.engine import Engine, Federation
+from fedmtl.privacy import PrivacyError
 from fedmtl.robust import RobustnessError
+from fedmtl.secagg import SecAggError
 from fedmtl.systems import Systems, SystemsError
 
 SYSTEMS_HELP = """\
@@ -251,6 +254,7 @@ def federation(args, num_nodes: int) -> Federation:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, seed=args.seed,
         rounds_per_sync=max(1, min(10, args.rounds // 10 or 1)),
         systems=systems(args, num_nodes), aggregator=aggregator, attack=attack,
+        privacy=privacy(args), secure_aggregation=secure_aggregation(args),
     )
 
 
@@ -266,20 +270,24 @@ def check_systems(fed: Federation, data: FederatedData,
     algorithm, before anything trains: each algorithm's `Engine` checks the options, that
     some node can report (a node's upload size, hence the deadline, depends on the algorithm)
     and, planning every round, that some node reports in some round and that a Poisson cohort
-    fits its slots; that the rule suits the cohort (Krum needs more than 2f + 2 nodes) and
-    that a label attack has labels to flip.
+    fits its slots; that the rule suits the cohort (Krum needs more than 2f + 2 nodes), that
+    a label attack has labels to flip, and that the privacy setting can be met (a target ε
+    in reach, uploads that can be noised).
 
     Raises:
-      CliError: the `SystemsError`'s, `RobustnessError`'s or `AttackError`'s message
+      CliError: the `SystemsError`'s, `RobustnessError`'s, `AttackError`'s or
+        `PrivacyError`'s message
         (prefixed by the algorithm when it is not the first one's).
     """
-    if fed.systems.is_neutral and fed.aggregator is None and fed.attack is None:
+    if (fed.systems.is_neutral and fed.aggregator is None and fed.attack is None
+            and fed.privacy is None and fed.secure_aggregation is None):
         return
     for i, algo in enumerate(algorithms):
         try:
             Engine(algo, data, fed)
-        except (SystemsError, RobustnessError, AttackError) as e:
-            raise CliError(f"{algo.name}: {e}" if i else str(e)) from None
+        except (SystemsError, RobustnessError, AttackError, PrivacyError, SecAggError) as e:
+            named = i and not str(e).startswith(f"{algo.name} ")
+            raise CliError(f"{algo.name}: {e}" if named else str(e)) from None
 
 
 def systems_line(name: str, history: dict) -> str | None:

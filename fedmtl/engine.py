@@ -18,8 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedmtl import accounting, robust
 from fedmtl import attacks as attacks_lib
 from fedmtl import lanes as lanes_lib
+from fedmtl import privacy as privacy_lib
+from fedmtl import secagg as secagg_lib
 from fedmtl import systems as systems_lib
 from fedmtl.algorithms import Algorithm, for_node
 from fedmtl.attacks import Attack
@@ -32,6 +35,7 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
+from fedmtl.privacy import Privacy, PrivacyError
 from fedmtl.robust import Aggregator
 from fedmtl.systems import Systems, SystemsError
 from fedmtl.training import (
@@ -43,7 +47,7 @@ from fedmtl.training import (
     steps_per_epoch,
 )
 
-_INIT, _ROUNDS, _FINETUNE, _SYSTEMS, _ATTACK, _AGGREGATE = 0, 1, 2, 3, 4, 5
+_INIT, _ROUNDS, _FINETUNE, _SYSTEMS, _ATTACK, _AGGREGATE, _PRIVACY = 0, 1, 2, 3, 4, 5, 6
 EVAL_BATCH = 64  # test rows per evaluation step
 
 
@@ -82,6 +86,10 @@ class Federation(NamedTuple):
       aggregator: the rule that replaces the weighted mean wherever an algorithm averages
         uploads (`fedmtl.robust`; None: the weighted mean).
       attack: which nodes lie and how (`fedmtl.attacks`; None: nobody).
+      privacy: differential privacy of the uploads (`fedmtl.privacy.central` or `.local`;
+        None: none).
+      secure_aggregation: the server learns only the sum of the uploads
+        (`fedmtl.secagg.SecureAggregation`: SecAgg / SecAgg+; None: it sees each upload).
     """
 
     rounds: int = 50
@@ -96,16 +104,20 @@ class Federation(NamedTuple):
     systems: Systems = Systems()
     aggregator: Aggregator | None = None
     attack: Attack | None = None
+    privacy: Privacy | None = None
+    secure_aggregation: secagg_lib.SecureAggregation | None = None
 
 
 class EngineState(NamedTuple):
     """server: the algorithm's server state; nodes: node states, leaves [N, ...]; round: [];
-    clock: [] simulated time elapsed (`fedmtl.systems`)."""
+    clock: [] simulated time elapsed (`fedmtl.systems`); clip_norm: [] the DP clip norm of the
+    next round (adaptive clipping moves it; `fedmtl.privacy`)."""
 
     server: Any
     nodes: Any
     round: jax.Array
     clock: jax.Array
+    clip_norm: jax.Array
 
 
 class SplitArrays(NamedTuple):
@@ -259,6 +271,7 @@ class Engine:
         self.real_share = float(self.epochs * data.train.counts.sum() / max(computed, 1))
         self.finetune_lanes = _lane_count(fed, np.full(self.num_nodes, fed.finetune_steps))
         self.eval_lanes = _lane_count(fed, steps_per_epoch(data.test.counts, EVAL_BATCH))
+        self.mechanism = None  # DP: resolved below, once the upload's shapes are known
         self.upload_shapes = self._upload_shapes()  # one node's upload: the round's buffer
         self.upload_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
                                 for leaf in jax.tree.leaves(self.upload_shapes))
@@ -268,6 +281,9 @@ class Engine:
         self.profile = systems_lib.profile(fed.systems, self.num_real, self.num_nodes, fed.seed)
         if fed.aggregator is not None:
             fed.aggregator.check(max(1, round(expected)))
+        self.mechanism = self._privacy(expected)
+        self._epsilons = np.zeros(0)
+        self.secure = self._secure(expected)
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
         self._run = jax.jit(self._rounds, static_argnums=(4,), donate_argnums=(0,))
@@ -294,7 +310,95 @@ class Engine:
         k_server, k_nodes = jax.random.split(self._key(_INIT))
         nodes = jax.vmap(self.algorithm.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
         server = self.algorithm.init(k_server, self.num_nodes)
-        return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+        clip = 0.0 if self.mechanism is None else self.mechanism.privacy.clip
+        return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+                           jnp.asarray(clip, jnp.float32))
+
+    def _privacy(self, expected: float) -> privacy_lib.Mechanism | None:
+        """The federation's DP mechanism, z calibrated, with a named error for what cannot
+        be privatized."""
+        fed, p = self.federation, self.federation.privacy
+        if p is None:
+            return None
+        privacy_lib.check(p)
+        name = self.algorithm.name
+        if not jax.tree.leaves(self.upload_shapes):  # nothing leaves the nodes (local)
+            return None
+        if p.where == "central" and fed.aggregator is not None:
+            raise PrivacyError(
+                f"privacy: central DP averages the clipped uploads with its own noised mean; "
+                f"it cannot be combined with the {fed.aggregator.name} rule (local DP can)")
+        ints = privacy_lib.integer_leaves(self.upload_shapes)
+        if ints:
+            raise PrivacyError(f"privacy: {name} uploads whole numbers ({', '.join(ints)}), "
+                               "which clipping and Gaussian noise cannot cover")
+        round_, inclusion = privacy_lib.accounted_round(p, fed.systems, fed.cohort_size,
+                                                        self.num_real)
+        sizes = (np.ones(self.num_real) if fed.systems.sampling == "weighted"
+                 else self.data.train.counts)
+        return privacy_lib.resolve(p, round_, fed.rounds, expected, sizes, inclusion)
+
+    def _secure(self, expected: float) -> Aggregator | None:
+        """Secure aggregation's "secure_mean" rule for the cohort's slots, with a named error
+        where the server would still see single uploads."""
+        fed, sa = self.federation, self.federation.secure_aggregation
+        if sa is None:
+            return None
+        name = self.algorithm.name
+        if fed.aggregator is not None:
+            raise secagg_lib.SecAggError(
+                f"secure aggregation shows the server only the sum of the uploads; the "
+                f"{fed.aggregator.name} rule needs each of them")
+        if fed.privacy is not None and fed.privacy.where == "central":
+            raise secagg_lib.SecAggError(
+                "central DP noises the sum at the server, which secure aggregation does not "
+                "reveal to it; use local DP with secure aggregation (distributed noise is not "
+                "built)")
+        rule = secagg_lib.aggregator(sa, self.cohort, fed.seed)
+        rule.check(max(1, round(expected)))
+
+        def kept(rows, weights):
+            raise secagg_lib.SecAggError(
+                f"{name} keeps or sums parts of each node's upload outside its average, which "
+                "secure aggregation would have to reveal to the server")
+
+        probe = lambda uploads, weights: robust.mean().aggregate(uploads, weights, None)
+        probe.release = kept
+        algo = self.algorithm
+        server = jax.eval_shape(lambda: self._init_state().server)
+        cohort = jax.ShapeDtypeStruct((self.cohort,), jnp.int32)
+        uploads = jax.tree.map(lambda s: jax.ShapeDtypeStruct((self.cohort, *s.shape), s.dtype),
+                               self.upload_shapes)
+        jax.eval_shape(lambda s, u, w, i: algo.server_update(s, u, w, i, aggregate=probe),
+                       server, uploads, jax.ShapeDtypeStruct((self.cohort,), jnp.float32),
+                       cohort)
+        return rule
+
+    def epsilons(self, rounds: int) -> np.ndarray:
+        """ε at the privacy setting's δ after each of rounds 1..rounds, by RDP [rounds]
+        (empty without privacy)."""
+        m = self.mechanism
+        if m is None:
+            return np.zeros(0)
+        if len(self._epsilons) < rounds:
+            self._epsilons = accounting.epsilons(m.round, m.noise_multiplier, rounds,
+                                                 m.privacy.delta)
+        return self._epsilons[:rounds]
+
+    def privacy_report(self, rounds: int) -> dict:
+        """What the run's privacy guarantee is after `rounds` rounds ({} without privacy):
+        where the noise is added, z, S, δ, ε by the setting's accountant, the accountant's
+        view of a round."""
+        m, p = self.mechanism, self.federation.privacy
+        if p is None:
+            return {}
+        if m is None:  # the algorithm uploads nothing: nothing to account for
+            return {"where": p.where, "delta": p.delta, "epsilon": 0.0, "rounds": rounds,
+                    "sampling": "nothing uploaded"}
+        return {"where": p.where, "noise_multiplier": m.noise_multiplier, "clip": p.clip,
+                "adaptive": p.target_quantile is not None, "delta": p.delta,
+                "epsilon": m.epsilon_at(rounds), "accountant": p.accountant, "rounds": rounds,
+                "sampling": m.round.description}
 
     def _upload_shapes(self):
         """Shapes of one node's upload (the round's upload buffer; the clock's upload time)."""
@@ -445,24 +549,36 @@ class Engine:
             algo.prologue_epochs,
         )
         metrics = {}
+        mech = self.mechanism
+        k_privacy = jax.random.fold_in(self._key(_PRIVACY), state.round)
+        if mech is not None and mech.privacy.where == "local":  # noised before it leaves
+            uploads = privacy_lib.on_nodes(mech, uploads, weights, k_privacy)
         attack = fed.attack
         if attack is not None and attack.corrupt is not None:
             attacking = attackers[ids] & (weights > 0)
             uploads = attack.corrupt(uploads, weights, attacking,
                                      jax.random.fold_in(self._key(_ATTACK), state.round))
             metrics["attackers"] = jnp.sum(attacking)
-        if fed.aggregator is None:
-            updated = algo.server_update(state.server, uploads, weights, ids)
+        clip = state.clip_norm
+        if mech is not None and mech.privacy.where == "central":
+            uploads, aggregate, clip, dp_metrics = privacy_lib.at_server(
+                mech, uploads, weights, state.clip_norm, k_privacy)
+            metrics.update(dp_metrics)
+        elif fed.aggregator is not None or self.secure is not None:
+            aggregate = _bind(fed.aggregator or self.secure,
+                              jax.random.fold_in(self._key(_AGGREGATE), state.round))
         else:
-            updated = algo.server_update(state.server, uploads, weights, ids, aggregate=_bind(
-                fed.aggregator, jax.random.fold_in(self._key(_AGGREGATE), state.round)))
+            aggregate = None
+        extra = {} if aggregate is None else {"aggregate": aggregate}
+        updated = algo.server_update(state.server, uploads, weights, ids, **extra)
         reported = jnp.any(weights > 0)  # a round nobody reported leaves the server as it was
         server = jax.tree.map(lambda new, old: jnp.where(reported, new, old), updated,
                               state.server)
+        clip = jnp.where(reported, clip, state.clip_norm)
         clock = state.clock + plan.metrics["round_time"]
         metrics = {"train_loss": loss / jnp.maximum(seen, 1.0), **plan.metrics, "time": clock,
                    **metrics}
-        return EngineState(server, nodes, state.round + 1, clock), metrics
+        return EngineState(server, nodes, state.round + 1, clock, clip), metrics
 
     def _rounds(self, state: EngineState, tr: SplitArrays, profile, attackers, num_rounds: int):
         return jax.lax.scan(lambda s, _: self._round(s, tr, profile, attackers), state, None,
@@ -488,6 +604,7 @@ class Engine:
         """
         rounds = self.federation.rounds if rounds is None else rounds
         chunk = self.federation.rounds_per_sync
+        first = int(state.round)
         history, done = [], 0
         while done < rounds:
             n = min(chunk, rounds - done)
@@ -495,6 +612,9 @@ class Engine:
             done += n
             metrics = jax.device_get(metrics)
             overflow = metrics.pop("overflow", np.zeros(0, bool))
+            if self.mechanism is not None:  # ε after each round (RDP), from host numbers
+                upto = max(first + done, self.federation.rounds)
+                metrics["epsilon"] = self.epsilons(upto)[first + done - n:first + done]
             history.append(metrics)
             if overflow.any():
                 round_ = int(state.round) - n + int(np.flatnonzero(overflow)[0]) + 1

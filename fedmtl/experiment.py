@@ -28,6 +28,8 @@ class AlgorithmResult:
       real_share: share of the engine's computed sample-steps that were real examples.
       extras: {name: array} the algorithm exposes after training (e.g. MOCHA's learned task
         covariance "sigma" [N, N]).
+      privacy: the run's differential-privacy guarantee (`Engine.privacy_report`: ε at δ
+        after the rounds, z, S, the accountant), {} without privacy.
       state: the trained `EngineState` (server state and stacked node states), or None.
       engine: builds a fresh `Engine` like the one that trained it (for `node_models()`), or
         None. A builder, not the engine itself: an engine holds its own device copy of the
@@ -40,6 +42,7 @@ class AlgorithmResult:
     seconds: float
     real_share: float
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    privacy: dict = dataclasses.field(default_factory=dict)
     state: EngineState | None = dataclasses.field(default=None, repr=False, compare=False)
     engine: Callable[[], Engine] | None = dataclasses.field(default=None, repr=False,
                                                             compare=False)
@@ -102,7 +105,8 @@ def run_algorithm(
     extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(state.server))
     return AlgorithmResult(
         algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share,
-        {k: np.asarray(v) for k, v in extras.items()}, state,
+        {k: np.asarray(v) for k, v in extras.items()}, engine.privacy_report(int(state.round)),
+        state,
         lambda: Engine(algorithm, data, federation),
     )
 

@@ -131,8 +131,9 @@ def to_json(comparison: Comparison, config: dict | None = None,
         r.name: {
             "status": "complete",
             "real_share": r.real_share,
-            "history": {k: np.asarray(v).tolist() for k, v in r.history.items()},
+            "history": {k: _plain(np.asarray(v)) for k, v in r.history.items()},
             "extras": sorted(f"{r.name}_{key}.json" for key in r.extras),
+            **({"privacy": _plain(r.privacy)} if r.privacy else {}),
         }
         for r in comparison.results
     }

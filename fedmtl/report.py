@@ -9,6 +9,8 @@ that metric and count them (`undefined_nodes`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rich import box
 from rich.console import Console
@@ -64,7 +66,8 @@ def _beats(a: np.ndarray, b: np.ndarray, metric: str) -> float | None:
 def summarize(comparison: Comparison) -> list[dict]:
     """One summary row per (algorithm, kind) for each metric.
 
-    Fields: algorithm, kind, metric, weighted_mean (weighted by test examples), node_mean,
+    Fields: algorithm, kind, metric, epsilon (the run's DP ε, None without privacy),
+    weighted_mean (weighted by test examples), node_mean,
     node_std, worst10 (mean over the worst 10% of nodes, at least one), and for personalized
     models beats_global / beats_local: share of nodes where it is strictly better. Nodes
     without test examples are left out (`untested_nodes` says how many), and so are, per
@@ -90,6 +93,7 @@ def summarize(comparison: Comparison) -> list[dict]:
                 "algorithm": name, "kind": kind, "metric": metric,
                 "weighted_mean": None, "node_mean": None, "node_std": None, "worst10": None,
                 "beats_global": None, "beats_local": None,
+                "epsilon": comparison.result(name).privacy.get("epsilon"),
                 "untested_nodes": int((~tested).sum()),
                 "undefined_nodes": int((~defined).sum()),
             }
@@ -142,17 +146,25 @@ def summary_table(comparison: Comparison, metric: str | None = None, *,
         "the worst 10% of nodes; >glob, >local: share of nodes where the personalized model "
         "is strictly better than the global, the local-only one" if caption else None,
     )
-    for col in ("algorithm", "model", "wtd", "mean", "std", "worst10", ">glob", ">local"):
+    private = any(r["epsilon"] is not None for r in rows)
+    for col in ("algorithm", "model", "wtd", "mean", "std", "worst10", ">glob", ">local",
+                *(("ε",) if private else ())):
         table.add_column(col, justify="left" if col in ("algorithm", "model") else "right",
                          no_wrap=True)
     share = lambda s: "—" if s is None else f"{100 * s:.0f}%"
     for row in rows:
+        eps = row["epsilon"]
         table.add_row(
             row["algorithm"], row["kind"], format_metric(row["weighted_mean"], metric),
             format_metric(row["node_mean"], metric), format_metric(row["node_std"], metric),
             format_metric(row["worst10"], metric), share(row["beats_global"]),
             share(row["beats_local"]),
+            *(() if not private else ("—" if eps is None else "∞" if math.isinf(eps)
+                                      else f"{eps:.3g}",)),
         )
+    if private:
+        table.caption = (table.caption or "") + ("; " if table.caption else "") + (
+            "ε: the run's differential privacy after its rounds, at the δ of --delta")
     return table
 
 

@@ -46,7 +46,9 @@ class Algorithm(NamedTuple):
       server_update: (server state, uploads [C, ...], weights [C], node ids [C],
         aggregate=None) -> server state. ids say whose upload each row is (e.g. to keep a
         per-node copy [N, ...]). Where it averages uploads it calls `aggregate(uploads,
-        weights)` when given (a robust rule, `fedmtl.robust`), else `weighted_mean`.
+        weights)` when given (a robust rule, `fedmtl.robust`, or central DP's noised mean,
+        `fedmtl.privacy`), else `weighted_mean`; parts it keeps per node or sums rather than
+        averages pass through `release(aggregate, rows, weights)` first.
       models: (node's broadcast, node state) -> {kind: (shared, personal)} parameters to
         evaluate on the node; kinds are "global", "personalized" or "local".
       finetune: a `Trainer` of (shared, personal) parameters that personalizes the global
@@ -227,6 +229,14 @@ def federated_parts(name: str, module: nnx.Module, personal: Any, local_optimize
     train = split_trainer(model, optimizer(local_optimizer, name, "local_optimizer"),
                           class_weights=class_weights, loss=loss)
     return model, init, server_update, train
+
+
+def release(aggregate, rows, weights):
+    """What the server may keep per node of `rows` [C, ...] (parts of the uploads it stores or
+    sums rather than averages): the rows themselves, or what `aggregate.release` makes of them
+    when the engine's aggregate has one (central DP noises them, `fedmtl.privacy`)."""
+    keep = getattr(aggregate, "release", None)
+    return rows if keep is None else keep(rows, weights)
 
 
 def delta(new, old):

@@ -23,6 +23,7 @@ from fedmtl.algorithms.base import (
     loss_name,
     number,
     optimizer,
+    release,
     split_trainer,
     squared_distance,
 )
@@ -164,6 +165,7 @@ def mocha(
     def server_update(server: MochaServer, uploads, weights, ids, aggregate=None):
         deltas, rows = uploads
         body = update_body(server.body, deltas, weights, ids, aggregate)
+        rows = release(aggregate, rows, weights)  # kept per node: noised under central DP
         trained = weights > 0  # nodes without data took no step: keep their rows
         W = server.W.at[ids].set(jnp.where(trained[:, None], rows, server.W[ids]))
         reported = server.reported.at[ids].set(server.reported[ids] | trained)

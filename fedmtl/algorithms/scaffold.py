@@ -19,6 +19,7 @@ from fedmtl.algorithms.base import (
     delta_server,
     loss_name,
     optimizer,
+    release,
     split,
     split_trainer,
 )
@@ -153,12 +154,13 @@ def scaffold(
         moved = update_params(ServerState(server.params, server.opt_state), uploads.delta,
                               weights, ids, aggregate)
         reported = weights > 0
+        controls = release(aggregate, uploads.control, weights)  # noised under central DP
 
         def add(total, dc):  # rows of nodes without data carry junk: they add nothing
             keep = reported.reshape((-1,) + (1,) * (dc.ndim - 1))
             return total + jnp.sum(jnp.where(keep, dc, 0), axis=0)
 
-        control_sum = jax.tree.map(add, server.control_sum, uploads.control)
+        control_sum = jax.tree.map(add, server.control_sum, controls)
         known = server.known.at[ids].max(reported, mode="drop")
         return ScaffoldServer(moved.params, moved.opt_state, control_sum, known)
 
