@@ -3,11 +3,12 @@
 A round: plan who takes part and for how many steps (`fedmtl.systems`: sampling,
 stragglers, dropouts, availability, the simulated clock) → deal the cohort's nodes to L lanes
 (`fedmtl.lanes`) → one loop in which every lane takes a `vmap`-ed `step` of its current node,
-starting (`start`) and finishing (`finish`) nodes as they come → uploads [C, ...] →
-`server_update`. Data stays ragged on the device (no per-node padding), so one compiled loop
-serves every node size. Rounds are fused with `lax.scan`, so many rounds run with one
-device→host sync. This module holds the only `jax.vmap` over nodes and the only `jax.jit` of
-the library.
+starting (`start`) and finishing (`finish`) nodes as they come → uploads [C, ...] → local DP,
+an attack, central DP (`fedmtl.privacy`) → `server_update`, whose averages go through the
+round's `aggregate` (a robust rule, DP's noised mean or secure aggregation's masked sum).
+Data stays ragged on the device (no per-node padding), so one compiled loop serves every node
+size. Rounds are fused with `lax.scan`, so many rounds run with one device→host sync. This
+module holds the only `jax.vmap` over nodes and the only `jax.jit` of the library.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedmtl import accounting, robust
+from fedmtl import accounting, protection
 from fedmtl import attacks as attacks_lib
 from fedmtl import lanes as lanes_lib
 from fedmtl import privacy as privacy_lib
@@ -35,7 +36,7 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
-from fedmtl.privacy import Privacy, PrivacyError
+from fedmtl.privacy import Privacy
 from fedmtl.robust import Aggregator
 from fedmtl.systems import Systems, SystemsError
 from fedmtl.training import (
@@ -281,9 +282,12 @@ class Engine:
         self.profile = systems_lib.profile(fed.systems, self.num_real, self.num_nodes, fed.seed)
         if fed.aggregator is not None:
             fed.aggregator.check(max(1, round(expected)))
-        self.mechanism = self._privacy(expected)
+        self.mechanism = protection.mechanism(
+            fed, algorithm.name, self.upload_shapes, data.train.counts, expected)
         self._epsilons = np.zeros(0)
-        self.secure = self._secure(expected)
+        self.secure = protection.secure_rule(
+            fed, algorithm, lambda: jax.eval_shape(lambda: self._init_state().server),
+            self.upload_shapes, self.cohort, expected)
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
         self._run = jax.jit(self._rounds, static_argnums=(4,), donate_argnums=(0,))
@@ -314,66 +318,6 @@ class Engine:
         return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
                            jnp.asarray(clip, jnp.float32))
 
-    def _privacy(self, expected: float) -> privacy_lib.Mechanism | None:
-        """The federation's DP mechanism, z calibrated, with a named error for what cannot
-        be privatized."""
-        fed, p = self.federation, self.federation.privacy
-        if p is None:
-            return None
-        privacy_lib.check(p)
-        name = self.algorithm.name
-        if not jax.tree.leaves(self.upload_shapes):  # nothing leaves the nodes (local)
-            return None
-        if p.where == "central" and fed.aggregator is not None:
-            raise PrivacyError(
-                f"privacy: central DP averages the clipped uploads with its own noised mean; "
-                f"it cannot be combined with the {fed.aggregator.name} rule (local DP can)")
-        ints = privacy_lib.integer_leaves(self.upload_shapes)
-        if ints:
-            raise PrivacyError(f"privacy: {name} uploads whole numbers ({', '.join(ints)}), "
-                               "which clipping and Gaussian noise cannot cover")
-        round_, inclusion = privacy_lib.accounted_round(p, fed.systems, fed.cohort_size,
-                                                        self.num_real)
-        sizes = (np.ones(self.num_real) if fed.systems.sampling == "weighted"
-                 else self.data.train.counts)
-        return privacy_lib.resolve(p, round_, fed.rounds, expected, sizes, inclusion)
-
-    def _secure(self, expected: float) -> Aggregator | None:
-        """Secure aggregation's "secure_mean" rule for the cohort's slots, with a named error
-        where the server would still see single uploads."""
-        fed, sa = self.federation, self.federation.secure_aggregation
-        if sa is None:
-            return None
-        name = self.algorithm.name
-        if fed.aggregator is not None:
-            raise secagg_lib.SecAggError(
-                f"secure aggregation shows the server only the sum of the uploads; the "
-                f"{fed.aggregator.name} rule needs each of them")
-        if fed.privacy is not None and fed.privacy.where == "central":
-            raise secagg_lib.SecAggError(
-                "central DP noises the sum at the server, which secure aggregation does not "
-                "reveal to it; use local DP with secure aggregation (distributed noise is not "
-                "built)")
-        rule = secagg_lib.aggregator(sa, self.cohort, fed.seed)
-        rule.check(max(1, round(expected)))
-
-        def kept(rows, weights):
-            raise secagg_lib.SecAggError(
-                f"{name} keeps or sums parts of each node's upload outside its average, which "
-                "secure aggregation would have to reveal to the server")
-
-        probe = lambda uploads, weights: robust.mean().aggregate(uploads, weights, None)
-        probe.release = kept
-        algo = self.algorithm
-        server = jax.eval_shape(lambda: self._init_state().server)
-        cohort = jax.ShapeDtypeStruct((self.cohort,), jnp.int32)
-        uploads = jax.tree.map(lambda s: jax.ShapeDtypeStruct((self.cohort, *s.shape), s.dtype),
-                               self.upload_shapes)
-        jax.eval_shape(lambda s, u, w, i: algo.server_update(s, u, w, i, aggregate=probe),
-                       server, uploads, jax.ShapeDtypeStruct((self.cohort,), jnp.float32),
-                       cohort)
-        return rule
-
     def epsilons(self, rounds: int) -> np.ndarray:
         """ε at the privacy setting's δ after each of rounds 1..rounds, by RDP [rounds]
         (empty without privacy)."""
@@ -386,19 +330,8 @@ class Engine:
         return self._epsilons[:rounds]
 
     def privacy_report(self, rounds: int) -> dict:
-        """What the run's privacy guarantee is after `rounds` rounds ({} without privacy):
-        where the noise is added, z, S, δ, ε by the setting's accountant, the accountant's
-        view of a round."""
-        m, p = self.mechanism, self.federation.privacy
-        if p is None:
-            return {}
-        if m is None:  # the algorithm uploads nothing: nothing to account for
-            return {"where": p.where, "delta": p.delta, "epsilon": 0.0, "rounds": rounds,
-                    "sampling": "nothing uploaded"}
-        return {"where": p.where, "noise_multiplier": m.noise_multiplier, "clip": p.clip,
-                "adaptive": p.target_quantile is not None, "delta": p.delta,
-                "epsilon": m.epsilon_at(rounds), "accountant": p.accountant, "rounds": rounds,
-                "sampling": m.round.description}
+        """The run's privacy guarantee after `rounds` rounds (`protection.report`)."""
+        return protection.report(self.federation.privacy, self.mechanism, rounds)
 
     def _upload_shapes(self):
         """Shapes of one node's upload (the round's upload buffer; the clock's upload time)."""

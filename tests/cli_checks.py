@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+# The tiny CLI problem: equal programs compile once per test session.
+TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4"]
+
 
 def assert_one_line_error(status: int, capsys, match: str, folder: Path) -> None:
     """A CLI run that returned `status` printed exactly one error line containing `match`,
@@ -13,3 +16,17 @@ def assert_one_line_error(status: int, capsys, match: str, folder: Path) -> None
     assert match in lines[0]
     assert "Traceback" not in out + err
     assert not (folder / "results.json").exists()
+
+
+def assert_stops_before_training(options: list, match: str, kind: str, capsys, tmp_path,
+                                 monkeypatch) -> None:
+    """`fedmtl compare --algorithms fedavg` on the tiny CLI problem with `options` stops in
+    one error line containing `match`, without training (a bad `kind` option)."""
+    from fedmtl import cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(f"trained despite a bad {kind} option")
+
+    monkeypatch.setattr(cli, "compare", no_training)
+    argv = ["compare", "--algorithms", "fedavg", *TINY, *options, "--out", str(tmp_path)]
+    assert_one_line_error(cli.main(argv), capsys, match, tmp_path)

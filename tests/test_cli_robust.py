@@ -9,13 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cli_checks import assert_one_line_error
+from cli_checks import TINY, assert_stops_before_training
 
 from fedmtl import attacks, cli, robust
 from fedmtl.data import FederatedData
 
-# The tiny problem of test_cli_systems.py: equal programs compile once per test session.
-TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4"]
 UPLOADS = {"a": np.arange(12, dtype=np.float32).reshape(6, 2) - 5.0}
 
 
@@ -157,12 +155,7 @@ def test_the_robustness_line():
 )
 def test_bad_robustness_options_stop_before_training_in_one_line(options, match, capsys,
                                                                  tmp_path, monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained despite a bad robustness option")
-
-    monkeypatch.setattr(cli, "compare", no_training)
-    argv = ["compare", "--algorithms", "fedavg", *TINY, *options, "--out", str(tmp_path)]
-    assert_one_line_error(cli.main(argv), capsys, match, tmp_path)
+    assert_stops_before_training(options, match, "robustness", capsys, tmp_path, monkeypatch)
 
 
 def test_label_flip_on_regression_is_a_one_line_error(monkeypatch, capsys, tmp_path):

@@ -6,13 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from cli_checks import assert_one_line_error
+from cli_checks import TINY, assert_stops_before_training
 
 from fedmtl import cli, systems
 from fedmtl.systems import Systems
-
-# The tiny problem of test_report_cli.py: equal programs compile once per test session.
-TINY = ["--nodes", "3", "--max-node-size", "60", "--rounds", "2", "--hidden", "4"]
 
 
 def _federation(*options, num_nodes=5):
@@ -88,12 +85,7 @@ def test_churn_and_speeds_are_drawn_per_node_from_the_seed():
 )
 def test_bad_systems_options_stop_before_training_in_one_line(options, match, capsys,
                                                               tmp_path, monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained despite a bad systems option")
-
-    monkeypatch.setattr(cli, "compare", no_training)
-    argv = ["compare", "--algorithms", "fedavg", *TINY, *options, "--out", str(tmp_path)]
-    assert_one_line_error(cli.main(argv), capsys, match, tmp_path)
+    assert_stops_before_training(options, match, "systems", capsys, tmp_path, monkeypatch)
 
 
 def test_systems_line_summarises_the_history():

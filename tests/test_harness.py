@@ -15,6 +15,7 @@ engine is built once per configuration (`_engine`) and the per-node loop once pe
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,7 @@ from tiny import (  # the shared tiny problem
     mlp,
 )
 
-from fedmtl import algorithms, robust
+from fedmtl import algorithms, privacy, robust
 from fedmtl.algorithms import for_node
 from fedmtl.engine import Engine, Federation
 from fedmtl.systems import Systems
@@ -50,6 +51,9 @@ NEEDS_NORM = {"fedbn"}  # algorithms whose personal part is a model's normalizat
 UPLOADS_PERSONAL = {"mocha": "the server keeps every node's w_t to learn Ω (MOCHA's protocol)"}
 # Op by op is slow: two algorithms by default, all of them in the slow pass.
 QUICK = {"mocha"}  # per-node broadcasts: the engine's subtlest path
+# Op by op, MOCHA's round takes ~30 s (its SVDs): the default suite runs FedPer (a shared body
+# beside personal heads) without jit, and the slow pass every algorithm.
+JIT_QUICK = {"fedper"}
 TRACES = {}  # algorithm name -> times its step was traced
 
 
@@ -202,6 +206,28 @@ def test_engine_follows_the_participation_trace(name):
     np.testing.assert_array_equal(history["participants"], trace["participants"])
 
 
+NOT_PRIVATE = {"local": "local training uploads nothing",
+               "ifca": "IFCA uploads its cluster choice, which DP noise cannot cover"}
+PRIVACY_QUICK = {"scaffold"}  # its control variates pass `release`, beside the mean
+
+
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - PRIVACY_QUICK, skip=NOT_PRIVATE))
+def test_central_dp_without_noise_or_clip_is_the_plain_run(name):
+    """Central DP at z = 0, S = ∞ and weights capped at the largest node is FedAvg's
+    weighted mean with a fixed denominator that every node reporting meets exactly: every
+    algorithm trains what it trains without DP (its averages through DP's mean, its kept
+    parts through `release`)."""
+    cap = float(data().train.counts.max())
+    fed = LAYOUT._replace(privacy=privacy.central(clip=math.inf, noise_multiplier=0.0,
+                                                  weight_cap=cap))
+    engine = _engine(name, fed)
+    got, history = engine.run(engine.init(), ROUNDS)
+    assert np.all(np.isinf(history["epsilon"]))
+    want = _loop(name)[-1]
+    assert_close(got.server, want.server)
+    assert_close(got.nodes, want.nodes)
+
+
 SPIED = {}  # algorithm name -> calls of the aggregator while tracing
 NO_AVERAGE = {"local": "local training averages nothing"}
 
@@ -225,7 +251,7 @@ def test_averaging_goes_through_the_configured_aggregator(name):
     assert_close(got.nodes, want.nodes)
 
 
-@pytest.mark.parametrize("name", _names(slow=set(NAMES) - QUICK))
+@pytest.mark.parametrize("name", _names(slow=set(NAMES) - JIT_QUICK))
 def test_jit_equals_no_jit(name):
     engine = _engine(name, BASE, 0)  # the automatic layout: fewer loop steps to run op by op
     jitted, hj = engine.run(engine.init(), 1)

@@ -217,7 +217,7 @@ def test_the_history_carries_epsilon_and_the_clip():
     assert np.all(np.isfinite(history["train_loss"]))
 
 
-@pytest.mark.parametrize("where", ["central", "local"])
+@pytest.mark.parametrize("where", ["central", pytest.param("local", marks=pytest.mark.slow)])
 def test_mocha_keeps_noised_columns(where):
     """MOCHA's personal columns are kept per node by the server: central DP noises them too
     (release), local DP noises them on the node; with z = 0 and no clip nothing changes."""
