@@ -51,9 +51,9 @@ NEEDS_NORM = {"fedbn"}  # algorithms whose personal part is a model's normalizat
 UPLOADS_PERSONAL = {"mocha": "the server keeps every node's w_t to learn Ω (MOCHA's protocol)"}
 # Op by op is slow: two algorithms by default, all of them in the slow pass.
 QUICK = {"mocha"}  # per-node broadcasts: the engine's subtlest path
-# Op by op, MOCHA's round takes ~30 s (its SVDs): the default suite runs FedPer (a shared body
-# beside personal heads) without jit, and the slow pass every algorithm.
-JIT_QUICK = {"fedper"}
+# Op by op, one algorithm's round takes 25-30 s (every primitive compiled on its own): only
+# the slow pass runs it, for every algorithm.
+JIT_QUICK = set()
 TRACES = {}  # algorithm name -> times its step was traced
 
 
