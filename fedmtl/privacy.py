@@ -176,12 +176,11 @@ class Mechanism(NamedTuple):
     denominator: float
     expected: float
 
-    @property
-    def epsilon_at(self):
-        """(rounds) -> ε after that many rounds at the setting's δ, by its accountant."""
+    def epsilon(self, rounds: int) -> float:
+        """ε after `rounds` rounds at the setting's δ, by its accountant."""
         p = self.privacy
-        return lambda rounds: accounting.epsilon(p.accountant, self.round,
-                                                 self.noise_multiplier, rounds, p.delta)
+        return accounting.epsilon(p.accountant, self.round, self.noise_multiplier, rounds,
+                                  p.delta)
 
 
 def accounted_round(p: Privacy, systems, cohort_size: int | None,

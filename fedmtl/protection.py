@@ -101,5 +101,5 @@ def report(p, m: privacy_lib.Mechanism | None, rounds: int) -> dict:
                 "sampling": "nothing uploaded"}
     return {"where": p.where, "noise_multiplier": m.noise_multiplier, "clip": p.clip,
             "adaptive": p.target_quantile is not None, "delta": p.delta,
-            "epsilon": m.epsilon_at(rounds), "accountant": p.accountant, "rounds": rounds,
+            "epsilon": m.epsilon(rounds), "accountant": p.accountant, "rounds": rounds,
             "sampling": m.round.description}
