@@ -21,13 +21,13 @@ import numpy as np
 
 from fedmtl import accounting, protection
 from fedmtl import attacks as attacks_lib
+from fedmtl import federation as federation_lib
 from fedmtl import lanes as lanes_lib
 from fedmtl import privacy as privacy_lib
-from fedmtl import secagg as secagg_lib
 from fedmtl import systems as systems_lib
 from fedmtl.algorithms import Algorithm, for_node
-from fedmtl.attacks import Attack
 from fedmtl.data import FederatedData, Split
+from fedmtl.federation import Federation
 from fedmtl.models import check_model
 from fedmtl.objectives import (
     binary_scores,
@@ -36,9 +36,8 @@ from fedmtl.objectives import (
     metrics,
     node_auc,
 )
-from fedmtl.privacy import Privacy
 from fedmtl.robust import Aggregator
-from fedmtl.systems import Systems, SystemsError
+from fedmtl.systems import SystemsError
 from fedmtl.training import (
     Batch,
     Schedule,
@@ -64,49 +63,6 @@ class DivergenceError(FloatingPointError):
 def _concat(history: list[dict]) -> dict[str, np.ndarray]:
     """Chunks of per-round metrics [n] -> one array [rounds] per metric."""
     return {k: np.concatenate([h[k] for h in history]) for k in history[0]} if history else {}
-
-
-class Federation(NamedTuple):
-    """How the federation runs.
-
-    Attributes:
-      rounds: communication rounds.
-      cohort_size: nodes sampled per round (None: all), uniformly without replacement unless
-        `systems` samples otherwise.
-      local_epochs: E passes over a node's data per round.
-      batch_size: B; node k takes ceil(n_k / B) · E steps per round.
-      finetune_steps: local steps that personalize a global model before testing (0: none).
-      seed: seeds cohorts, shuffling and fine-tuning.
-      lanes: nodes trained side by side (None: the count that minimises
-        makespan × (lanes + lane_step_cost)).
-      lane_step_cost: fixed cost of one loop step, in units of one lane's step (None: 4 on a
-        CPU, where cost grows with lanes; 2048 on an accelerator, where a wide step is cheap).
-      rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
-      systems: who is available and sampled, stragglers, dropouts and the simulated clock
-        (`fedmtl.systems.Systems`; the default is a plain federation).
-      aggregator: the rule that replaces the weighted mean wherever an algorithm averages
-        uploads (`fedmtl.robust`; None: the weighted mean).
-      attack: which nodes lie and how (`fedmtl.attacks`; None: nobody).
-      privacy: differential privacy of the uploads (`fedmtl.privacy.central` or `.local`;
-        None: none).
-      secure_aggregation: the server learns only the sum of the uploads
-        (`fedmtl.secagg.SecureAggregation`: SecAgg / SecAgg+; None: it sees each upload).
-    """
-
-    rounds: int = 50
-    cohort_size: int | None = None
-    local_epochs: int = 1
-    batch_size: int = 10
-    finetune_steps: int = 0
-    seed: int = 0
-    lanes: int | None = None
-    lane_step_cost: float | None = None
-    rounds_per_sync: int = 10
-    systems: Systems = Systems()
-    aggregator: Aggregator | None = None
-    attack: Attack | None = None
-    privacy: Privacy | None = None
-    secure_aggregation: secagg_lib.SecureAggregation | None = None
 
 
 class EngineState(NamedTuple):
@@ -144,30 +100,6 @@ def _split_arrays(split: Split, empty_nodes: int, y=None) -> SplitArrays:
     i32 = lambda a: jnp.asarray(a, jnp.int32)
     return SplitArrays(jnp.asarray(x), jnp.asarray(y), i32(offsets[:-1]), i32(counts),
                        i32(segment), i32(local))
-
-
-def _check_federation(fed: Federation, num_nodes: int) -> None:
-    checks = [
-        (fed.rounds >= 0, f"rounds must be >= 0, got {fed.rounds}"),
-        (fed.local_epochs >= 1, f"local_epochs must be >= 1, got {fed.local_epochs}"),
-        (fed.batch_size >= 1, f"batch_size must be >= 1, got {fed.batch_size}"),
-        (fed.finetune_steps >= 0, f"finetune_steps must be >= 0, got {fed.finetune_steps}"),
-        (fed.lanes is None or fed.lanes >= 1, f"lanes must be >= 1, got {fed.lanes}"),
-        (fed.lane_step_cost is None or fed.lane_step_cost >= 0,
-         f"lane_step_cost must be >= 0, got {fed.lane_step_cost}"),
-        (fed.rounds_per_sync >= 1, f"rounds_per_sync must be >= 1, got {fed.rounds_per_sync}"),
-        (
-            fed.cohort_size is None or 1 <= fed.cohort_size <= num_nodes,
-            f"cohort_size must be in [1, {num_nodes}] (the number of nodes), "
-            f"got {fed.cohort_size}",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    if not isinstance(fed.systems, Systems):
-        raise SystemsError(f"Federation.systems must be a fedmtl.Systems, got "
-                           f"{type(fed.systems).__name__}")
 
 
 def _lead(mask: jax.Array, like: jax.Array) -> jax.Array:
@@ -238,7 +170,7 @@ class Engine:
         *, empty_nodes: int = 0,
     ):
         fed = Federation() if federation is None else federation
-        _check_federation(fed, data.num_nodes)
+        federation_lib.check(fed, data.num_nodes)
         systems_lib.check(fed.systems, data.names, fed.cohort_size)
         check_model(algorithm.model, data)  # a named error now, not a traceback mid-training
         self.algorithm, self.data, self.federation = algorithm, data, fed
