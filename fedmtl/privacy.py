@@ -188,13 +188,14 @@ def accounted_round(p: Privacy, systems, cohort_size: int | None,
     """(the accountant's view of a round, a node's probability of being in a cohort) under a
     `fedmtl.systems.Systems` (see `fedmtl.accounting`)."""
     n = num_nodes
-    if systems.sampling == "poisson":
-        q = float(systems.sample_rate)
-        return accounting.Round("poisson", n, rate=q,
-                                description=f"Poisson sampling, q = {q:g}"), q
+    poisson = systems.sampling == "poisson"
     c = n if cohort_size is None else min(cohort_size, n)
-    if p.where == "local":
-        return accounting.Round("local", n, description="local DP, every round"), c / n
+    inclusion = float(systems.sample_rate) if poisson else c / n
+    if p.where == "local":  # the server sees who took part: no amplification, Poisson or not
+        return accounting.Round("local", n, description="local DP, every round"), inclusion
+    if poisson:
+        return accounting.Round("poisson", n, rate=inclusion,
+                                description=f"Poisson sampling, q = {inclusion:g}"), inclusion
     if c == n:
         return accounting.Round("every_round", n, description="every node, every round"), 1.0
     if systems.sampling == "uniform" and not systems.limits_availability:

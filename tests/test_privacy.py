@@ -287,3 +287,5 @@ def test_the_accountant_sees_the_sampling():
     assert kind(Systems(sampling="weighted"), 10)[0].kind == "every_round"
     assert kind(Systems(period=4, uptime=0.5), 10)[0].kind == "every_round"
     assert kind(Systems(), 10, "local")[0].kind == "local"
+    # local DP claims no amplification by sampling, whatever the sampling
+    assert kind(Systems(sampling="poisson", sample_rate=0.1), where="local")[0].kind == "local"
