@@ -63,7 +63,7 @@ class Aggregator(NamedTuple):
     params: dict | None = None
 
 
-def _flat(uploads):
+def flat_uploads(uploads):
     """(vectors [C, d], unravel: [d] -> one upload)."""
     one = jax.tree.map(lambda leaf: leaf[0], uploads)
     _, unravel = ravel_pytree(one)
@@ -75,7 +75,7 @@ def _by_vector(rule: Callable[[jax.Array, jax.Array], jax.Array]):
 
     def aggregate(uploads, weights, key):
         del key
-        vectors, unravel = _flat(uploads)
+        vectors, unravel = flat_uploads(uploads)
         reported = weights > 0
         out = rule(vectors, weights)
         return unravel(jnp.where(jnp.any(reported), out, jnp.zeros_like(out)))
@@ -213,7 +213,7 @@ def geometric_median(iterations: int = 10, nu: float = 1e-6) -> Aggregator:
                       params={"iterations": iterations, "nu": nu})
 
 
-def _clip(x, bound):
+def clip_rows(x, bound):
     """Rows of x [C, d] scaled to norm <= bound."""
     norm = jnp.linalg.norm(x, axis=1, keepdims=True)
     return x * jnp.minimum(1.0, bound / jnp.maximum(norm, jnp.finfo(x.dtype).tiny))
@@ -226,7 +226,7 @@ def norm_bound(max_norm: float) -> Aggregator:
 
     def rule(x, weights):
         w = weights / jnp.maximum(jnp.sum(weights), jnp.finfo(weights.dtype).tiny)
-        return w @ _clip(x, max_norm)
+        return w @ clip_rows(x, max_norm)
 
     return Aggregator("norm_bound", _by_vector(rule), params={"max_norm": max_norm})
 
@@ -242,7 +242,7 @@ def centered_clip(tau: float, iterations: int = 3) -> Aggregator:
         m = jnp.maximum(jnp.sum(weights > 0), 1).astype(x.dtype)
 
         def step(_, v):
-            moved = jnp.where(reported, _clip(x - v[None, :], tau), 0.0)
+            moved = jnp.where(reported, clip_rows(x - v[None, :], tau), 0.0)
             return v + jnp.sum(moved, axis=0) / m
 
         return jax.lax.fori_loop(0, iterations, step, _coordinate_median(x, weights))

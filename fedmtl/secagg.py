@@ -48,10 +48,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jax.extend.random import threefry_2x32
-from jax.flatten_util import ravel_pytree
 
 from fedmtl import secagg_shamir as shamir
-from fedmtl.robust import Aggregator
+from fedmtl.robust import Aggregator, clip_rows, flat_uploads
 
 _MAX_SHARES = 2**25  # field elements of all slots' shares (C k (k + 1) 6): ~128 MiB
 _PAIR, _SELF = 0, 1  # rows of the round words: pair masks, self masks
@@ -392,12 +391,6 @@ def secure_sum(setup: SecAggSetup, vectors, reported, key):
     return unmask_sum(setup, mask(setup, vectors, key), reported, key)
 
 
-def _flat(uploads):
-    one = jax.tree.map(lambda leaf: leaf[0], uploads)
-    _, unravel = ravel_pytree(one)
-    return jax.vmap(lambda u: ravel_pytree(u)[0])(uploads), unravel
-
-
 def aggregator(config: SecureAggregation, cohort: int, seed: int) -> Aggregator:
     """The weighted mean Σ w_k u_k / Σ w_k through secure aggregation ("secure_mean").
 
@@ -414,14 +407,13 @@ def aggregator(config: SecureAggregation, cohort: int, seed: int) -> Aggregator:
     clip = float(config.clip)
 
     def aggregate(uploads, weights, key):
-        vectors, unravel = _flat(uploads)
+        vectors, unravel = flat_uploads(uploads)
         if vectors.shape[0] != cohort:
             raise SecAggError(f"secure_mean: uploads have {vectors.shape[0]} rows, the setup "
                               f"has a cohort of {cohort} slots")
         reported = weights > 0
         scale = weights / jnp.maximum(jnp.max(weights), jnp.finfo(weights.dtype).tiny)
-        norm = jnp.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors * jnp.minimum(1.0, clip / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
+        vectors = clip_rows(vectors, clip)
         rows = jnp.concatenate([vectors * scale[:, None], clip * scale[:, None]], axis=1)
         total, ok = secure_sum(state, rows.astype(jnp.float32), reported, key)
         good = ok & jnp.any(reported) & (total[-1] > 0)
