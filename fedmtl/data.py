@@ -3,6 +3,14 @@
 Nodes hold very different amounts of data (lognormal sizes span four orders of magnitude), so
 `FederatedData` keeps each split as one flat array plus per-node counts (CSR style) and pads only
 on request (`padded()`); the engine trains on the ragged rows directly (`fedmtl.lanes`).
+
+This module is the public API: `FederatedData` and its constructors. The work behind them lives
+in three modules whose public names are importable from here as well:
+  * `fedmtl.data_ragged`: `Split` (the ragged storage) and chunked walks over its nodes
+    (`CHUNK_BYTES`);
+  * `fedmtl.data_checks`: input validation and task inference (`FederatedDataError`, `TASKS`,
+    `MAX_INFERRED_CLASSES`);
+  * `fedmtl.data_split`: the per-node train/test split (shuffled or stratified).
 """
 
 from __future__ import annotations
@@ -12,63 +20,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TASKS = ("classification", "regression")
-MAX_INFERRED_CLASSES = 10_000
-"""Largest class count inferred from the labels (largest label + 1); above it, a label such as
-an id or a timestamp is far more likely than a real class, so `num_classes` must be given."""
-_F32_MAX = float(np.finfo(np.float32).max)
-
-
-class FederatedDataError(ValueError):
-    """Bad federated input; the message names the node and the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """One split of every node, stored ragged.
-
-    Attributes:
-      x: [T, *F] float32 features of all nodes, node after node.
-      y: [T, *Y] int32 labels (classification) or float32 targets (regression; stored scaled,
-        see `FederatedData.y_mean`).
-      counts: [N] int64 examples per node; node k owns rows offsets[k]:offsets[k+1].
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    counts: np.ndarray
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.counts)])
-
-    def node(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.offsets[k], self.offsets[k + 1]
-        return self.x[lo:hi], self.y[lo:hi]
-
-    def padded(self, length: int | None = None, nodes: Sequence[int] | None = None):
-        """Pads the chosen nodes (default all) to a common length.
-
-        Returns:
-          x [N, S, *F], y [N, S, *Y], mask [N, S] bool, with S = `length` or the largest count.
-        """
-        nodes = np.arange(len(self.counts)) if nodes is None else np.asarray(nodes)
-        counts = self.counts[nodes]
-        length = int(counts.max(initial=0)) if length is None else int(length)
-        if counts.size and counts.max() > length:
-            raise ValueError(f"length {length} is shorter than the largest node ({counts.max()})")
-        offsets = self.offsets
-        # One gather for all nodes: row s of node k reads offsets[k] + s, clamped, then masked.
-        rows = np.arange(length)[None, :]
-        mask = rows < counts[:, None]
-        if self.x.shape[0] == 0:  # no rows at all (e.g. test_fraction=0): all padding
-            shape = (len(nodes), length)
-            return (np.zeros(shape + self.x.shape[1:], self.x.dtype),
-                    np.zeros(shape + self.y.shape[1:], self.y.dtype), mask)
-        src = np.where(mask, offsets[nodes][:, None] + rows, 0)
-        x = np.where(mask.reshape(mask.shape + (1,) * (self.x.ndim - 1)), self.x[src], 0)
-        y = np.where(mask.reshape(mask.shape + (1,) * (self.y.ndim - 1)), self.y[src], 0)
-        return x.astype(self.x.dtype), y.astype(self.y.dtype), mask
+from fedmtl.data_checks import MAX_INFERRED_CLASSES as MAX_INFERRED_CLASSES
+from fedmtl.data_checks import TASKS as TASKS
+from fedmtl.data_checks import (
+    FederatedDataError,
+    _array,
+    _check_finite,
+    _check_nodes,
+    _missing,
+    _targets,
+    _who,
+)
+from fedmtl.data_ragged import CHUNK_BYTES as CHUNK_BYTES
+from fedmtl.data_ragged import Split, _chunks, _offsets, _stack, _take_nodes, _Workspace
+from fedmtl.data_split import _Splitter, _stratified_orders, _test_counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,10 +76,9 @@ class FederatedData:
 
     def subset(self, nodes: Sequence[int]) -> FederatedData:
         """The data of the chosen nodes only, in the given order (target scaling kept)."""
-        nodes = [int(k) for k in nodes]
-        pick = lambda s: _stack([s.node(k) for k in nodes], s)
+        nodes = np.fromiter(map(int, nodes), np.int64)
         return dataclasses.replace(
-            self, train=pick(self.train), test=pick(self.test),
+            self, train=_take_nodes(self.train, nodes), test=_take_nodes(self.test, nodes),
             names=tuple(self.names[k] for k in nodes),
         )
 
@@ -225,32 +189,35 @@ class FederatedData:
           FederatedDataError: naming the node (index, and name when names are given), the
             field and, for bad values, the row of the node's array.
         """
-        xs, ys, names = _check_nodes(xs, ys, names)
-        if not 0.0 <= test_fraction < 1.0:
-            raise FederatedDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-        who = [_who(k, names) for k in range(len(xs))]
-        task, ys, num_classes = _targets(who, ys, task, num_classes)
-        if stratify and task != "classification":
-            raise FederatedDataError(f"stratify=True splits class by class, so it needs "
-                                     f"classification labels; this is {task}")
-        rng = np.random.default_rng(seed)
-        train, test = [], []
-        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-            n = len(x)
-            n_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
-            if n - n_test < 1:
-                raise FederatedDataError(
-                    f"{who[k]}: {n} example(s) with test_fraction={test_fraction} leaves no "
-                    f"training example; give it more data or lower test_fraction"
-                )
-            perm = rng.permutation(n)
-            if stratify and n_test:
-                test_rows, train_rows = _stratified(perm, y, n_test, num_classes)
-            else:
-                test_rows, train_rows = perm[:n_test], perm[n_test:]
-            test.append((x[test_rows], y[test_rows]))
-            train.append((x[train_rows], y[train_rows]))
-        return cls(_stack(train), _stack(test), task, num_classes, names)
+        xs, ys, names = _check_nodes(xs, ys, names, finite=False)  # x: while splitting
+        counts = np.fromiter(map(len, xs), np.int64, len(xs))
+        who = lambda k: _who(k, names)
+        try:
+            if not 0.0 <= test_fraction < 1.0:
+                raise FederatedDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+            task, y, num_classes = _targets(who, ys, task, num_classes)
+            if stratify and task != "classification":
+                raise FederatedDataError(f"stratify=True splits class by class, so it needs "
+                                         f"classification labels; this is {task}")
+            n_test = _test_counts(counts, test_fraction, who)
+            if task == "regression":
+                y = np.concatenate(y, dtype=np.float32)
+        except ValueError:  # FederatedDataError, or targets of different shapes
+            _check_finite(xs, who)  # a bad feature value is reported first, as it always was
+            raise
+        orders = None
+        if stratify and test_fraction > 0:
+            orders, n_test = _stratified_orders(counts, n_test, seed, y, num_classes)
+        out = _Splitter(counts, n_test, seed, xs[0].shape[1:], y, orders)
+        offsets, work = _offsets(counts), _Workspace()
+        for lo, hi in _chunks(counts * 4 * max(1, int(np.prod(xs[0].shape[1:])))):
+            x = work.get("x", (offsets[hi] - offsets[lo], *xs[0].shape[1:]), np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.concatenate(xs[lo:hi], out=x, casting="same_kind")
+            if not np.isfinite(x, out=work.get("ok", x.shape, bool)).all():
+                _check_finite(xs[lo:hi], lambda k, lo=lo: who(lo + k))
+            out.put(lo, hi, x, y[offsets[lo]:offsets[hi]])
+        return cls(out.train, out.test, task, num_classes, names)
 
     @classmethod
     def from_flat(
@@ -278,11 +245,13 @@ class FederatedData:
                 f"row {int(np.argmax(missing))}"
             )
         ids, inverse = np.unique(node_ids, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(ids) + 1))
-        xs = [x[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        ys = [y[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        kwargs.setdefault("names", [str(i) for i in ids])
+        inverse = inverse.reshape(-1)
+        if (np.diff(inverse) < 0).any():  # rows not grouped by node: one gather groups them
+            order = np.argsort(inverse, kind="stable")
+            x, y, inverse = x[order], y[order], inverse[order]
+        bounds = np.searchsorted(inverse, np.arange(1, len(ids)))
+        xs, ys = (np.split(x, bounds), np.split(y, bounds)) if len(ids) else ([], [])  # views
+        kwargs.setdefault("names", list(map(str, ids)))
         return cls.from_nodes(xs, ys, **kwargs)
 
     @classmethod
@@ -306,220 +275,12 @@ class FederatedData:
         train_xs, train_ys, names = _check_nodes(train_xs, train_ys, names, "train")
         test_xs, test_ys, _ = _check_nodes(test_xs, test_ys, names, "test", allow_empty=True)
         n = len(train_xs)
-        who = [_who(k, names, s) for s in ("train", "test") for k in range(n)]
-        task, ys, num_classes = _targets(who, train_ys + test_ys, task, num_classes)
+        who = lambda k: _who(k % n, names, "test" if k >= n else "train")
+        task, y, num_classes = _targets(who, train_ys + test_ys, task, num_classes)
         feature_shape = train_xs[0].shape[1:]
         for k, x in enumerate(test_xs):
             if x.shape[1:] != feature_shape:
-                raise FederatedDataError(f"{who[n + k]}, field x: feature shape {x.shape[1:]} "
+                raise FederatedDataError(f"{who(n + k)}, field x: feature shape {x.shape[1:]} "
                                          f"differs from the train split's {feature_shape}")
-        return cls(_stack(list(zip(train_xs, ys[:n], strict=True))),
-                   _stack(list(zip(test_xs, ys[n:], strict=True))), task, num_classes, names)
-
-
-def _stratified(perm: np.ndarray, y: np.ndarray, n_test: int, num_classes: int):
-    """(test rows, train rows) of one node, each in the random order `perm`, with the test
-    rows drawn class by class: class c gets about n_test · n_c / n of them (largest
-    remainders), at least one of each split when n_c >= 2 (n_test moves as far as needed)."""
-    n = len(y)
-    counts = np.bincount(y, minlength=num_classes)
-    lo = (counts >= 2).astype(np.int64)
-    hi = np.where(counts >= 2, counts - 1, counts)
-    n_test = int(np.clip(n_test, lo.sum(), hi.sum()))
-    quota = n_test * counts / n
-    alloc = np.clip(np.floor(quota).astype(np.int64), lo, hi)
-    while (rest := n_test - int(alloc.sum())) != 0:  # a few passes at most
-        room = alloc < hi if rest > 0 else alloc > lo
-        priority = np.where(room, (quota - alloc) * np.sign(rest), -np.inf)
-        alloc[np.argsort(-priority, kind="stable")[: min(abs(rest), int(room.sum()))]] += (
-            np.sign(rest))
-    order = perm[np.argsort(y[perm], kind="stable")]  # by class, randomly within a class
-    label = y[order]
-    rank = np.arange(n) - np.concatenate([[0], np.cumsum(counts)])[label]
-    is_test = np.zeros(n, bool)
-    is_test[order[rank < alloc[label]]] = True
-    return perm[is_test[perm]], perm[~is_test[perm]]
-
-
-def _stack(pairs, like: Split | None = None) -> Split:
-    """Concatenates per-node (x, y) pairs into one Split; `like` gives the shapes when empty."""
-    xs = [p[0] for p in pairs]
-    ys = [p[1] for p in pairs]
-    counts = np.array([len(a) for a in xs], dtype=np.int64)
-    if not xs:
-        return Split(like.x[:0], like.y[:0], counts)
-    return Split(np.concatenate(xs), np.concatenate(ys), counts)
-
-
-def _who(k: int, names: Sequence[str], split: str = "") -> str:
-    """How errors name node k: "node 3", "node 3 'paris'", "node 3 'paris' (test)"."""
-    name = f" {names[k]!r}" if names[k] != str(k) else ""
-    return f"node {k}{name}" + (f" ({split})" if split else "")
-
-
-def _array(a, where: str) -> np.ndarray:
-    """np.asarray(a), or a FederatedDataError naming `where` for ragged nested lists."""
-    try:
-        return np.asarray(a)
-    except (ValueError, TypeError) as e:
-        raise FederatedDataError(f"{where}: not one rectangular array ({e})") from None
-
-
-def _missing(ids: np.ndarray) -> np.ndarray:
-    """[T] bool: node ids that are NaN or None."""
-    if ids.dtype.kind == "f":
-        return np.isnan(ids)
-    if ids.dtype.kind == "O":
-        return np.array([v is None or (isinstance(v, float) and v != v) for v in ids], bool)
-    return np.zeros(len(ids), bool)
-
-
-def _check_names(names, n: int) -> tuple[str, ...]:
-    if names is None:
-        return tuple(str(k) for k in range(n))
-    names = tuple(map(str, names))
-    if len(names) != n:
-        raise FederatedDataError(f"got {len(names)} names for {n} nodes")
-    nodes = {}
-    for k, name in enumerate(names):
-        nodes.setdefault(name, []).append(k)
-    for name, ks in nodes.items():
-        if len(ks) > 1:
-            which = ", ".join(map(str, ks[:-1])) + f" and {ks[-1]}"
-            raise FederatedDataError(f"names: {name!r} names nodes {which}; node names must be "
-                                     "distinct")
-    return names
-
-
-def _float32(a: np.ndarray, where: str) -> np.ndarray:
-    """`a` as float32, or a FederatedDataError naming the first row that is NaN/inf or
-    beyond float32's range (which the cast would turn into inf)."""
-    with np.errstate(over="ignore"):
-        out = a.astype(np.float32, copy=False)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        first = tuple(np.argwhere(bad)[0])
-        value = a[first]
-        what = ("NaN/inf value(s)" if not np.isfinite(value) else
-                f"value(s) overflow float32 (|v| > {_F32_MAX:.3g}; e.g. {value:.3g})")
-        raise FederatedDataError(f"{where}: {int(bad.sum())} {what}, first in row {first[0]}")
-    return out
-
-
-def _check_nodes(xs, ys, names, split: str = "", allow_empty: bool = False):
-    """Validates per-node arrays; returns x as float32 arrays, y as numpy arrays, the names."""
-    where = f" ({split})" if split else ""
-    if xs is None or len(xs) == 0:
-        raise FederatedDataError(f"no nodes given{where}: need at least one node")
-    if ys is None or len(xs) != len(ys):
-        got = 0 if ys is None else len(ys)
-        raise FederatedDataError(f"{len(xs)} x arrays but {got} y arrays{where}")
-    names = _check_names(names, len(xs))
-    out_x, out_y = [], []
-    for k in range(len(xs)):
-        who = _who(k, names, split)
-        x, y = _array(xs[k], f"{who}, field x"), _array(ys[k], f"{who}, field y")
-        if x.ndim < 1 or y.ndim < 1:
-            raise FederatedDataError(f"{who}: x and y need a leading example axis")
-        if len(x) != len(y):
-            raise FederatedDataError(
-                f"{who}: x has {len(x)} rows but y has {len(y)}; they must match"
-            )
-        if len(x) == 0 and not allow_empty:
-            raise FederatedDataError(f"{who} has no examples")
-        if out_x and x.shape[1:] != out_x[0].shape[1:]:
-            raise FederatedDataError(
-                f"{who}, field x: feature shape {x.shape[1:]} differs from node 0's "
-                f"{out_x[0].shape[1:]}"
-            )
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise FederatedDataError(f"{who}, field x: dtype {x.dtype} is not real")
-        if y.dtype.kind not in "biuf":
-            raise FederatedDataError(
-                f"{who}, field y: dtype {y.dtype} is not numeric; labels must be integers "
-                "0..C-1 (map class names to them first), regression targets real numbers"
-            )
-        out_x.append(_float32(x, f"{who}, field x"))
-        if y.dtype.kind == "f":
-            _float32(y, f"{who}, field y")
-        out_y.append(y)
-    return out_x, out_y, names
-
-
-def _targets(who: list[str], ys: list[np.ndarray], task, num_classes):
-    """Infers or checks the task; returns (task, ys as int32 labels or float32, num_classes)."""
-    if task is None:
-        task = "classification" if num_classes is not None else _infer_task(ys)
-    if task not in TASKS:
-        raise FederatedDataError(f"task must be one of {TASKS}, got {task!r}")
-    if task == "regression":
-        return task, [y.astype(np.float32) for y in ys], None
-    ys = [y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y for y in ys]  # a column
-    ys = _signed_labels(ys, num_classes)
-    num_classes = _check_labels(who, ys, num_classes)
-    return task, [y.astype(np.int32) for y in ys], num_classes
-
-
-def _signed_labels(ys: list[np.ndarray], num_classes) -> list[np.ndarray]:
-    """Binary labels in {-1, +1} (every label, some -1) as {0, 1}; other labels unchanged."""
-    if num_classes not in (None, 2) or any(y.dtype.kind == "b" for y in ys):
-        return ys
-    filled = [y for y in ys if y.size]
-    if not filled or not all(np.isin(y, (-1, 1)).all() for y in filled):
-        return ys
-    if not any((y == -1).any() for y in filled):
-        return ys
-    return [(y == 1).astype(np.int32) for y in ys]
-
-
-def _infer_task(ys: list[np.ndarray]) -> str:
-    filled = [y for y in ys if y.size]
-    if all(y.dtype.kind in "biu" for y in filled):
-        return "classification"
-    floats = [y for y in filled if y.dtype.kind == "f"]
-    if all(np.array_equal(y, np.round(y)) for y in floats):
-        raise FederatedDataError(
-            f"field y: task is not given and every y value is a whole number stored as "
-            f"{floats[0].dtype}, which could be class labels or integral regression targets: "
-            'pass task="classification" or task="regression"'
-        )
-    return "regression"
-
-
-def _check_labels(who: list[str], ys: list[np.ndarray], num_classes) -> int:
-    for w, y in zip(who, ys, strict=True):
-        if y.ndim != 1:
-            raise FederatedDataError(f"{w}, field y: labels must be 1-D (or one column [n, 1]), "
-                                     f"got shape {y.shape}")
-        if y.dtype.kind == "f":
-            frac = np.flatnonzero(y != np.round(y))
-            if frac.size:
-                raise FederatedDataError(
-                    f"{w}, field y: label {y[frac[0]]:g} in row {frac[0]} is not a whole number; "
-                    "classification labels are integers 0..C-1"
-                )
-    if num_classes is None:
-        k = max((k for k, y in enumerate(ys) if y.size), key=lambda k: ys[k].max())
-        row = int(np.argmax(ys[k]))
-        top = ys[k][row].item()
-        num_classes = int(top) + 1
-        if num_classes > MAX_INFERRED_CLASSES:
-            raise FederatedDataError(
-                f"{who[k]}, field y: label {top} in row {row} would make {num_classes} classes "
-                f"(the largest label + 1), more than MAX_INFERRED_CLASSES = "
-                f"{MAX_INFERRED_CLASSES}; pass num_classes= if that many are meant, or number "
-                "the classes 0..C-1"
-            )
-    num_classes = int(num_classes)
-    for w, y in zip(who, ys, strict=True):
-        bad = np.flatnonzero((y < 0) | (y >= num_classes))
-        if bad.size:
-            raise FederatedDataError(
-                f"{w}, field y: label {y[bad[0]].item()} in row {bad[0]} out of range "
-                f"[0, {num_classes})"
-            )
-    if not 2 <= num_classes <= np.iinfo(np.int32).max:
-        raise FederatedDataError(
-            f"classification needs 2 to 2**31 - 1 classes, got {num_classes}"
-        )
-    return num_classes
+        t = n if task == "regression" else sum(map(len, train_xs))
+        return cls(_stack(train_xs, y[:t]), _stack(test_xs, y[t:]), task, num_classes, names)

@@ -1,11 +1,32 @@
 """Synthetic(α, β) of FedProx (Li et al., "Federated Optimization in Heterogeneous Networks",
-MLSys 2020), following the reference generator `data/synthetic_*/generate_niid.py`."""
+MLSys 2020), following the reference generator `data/synthetic_*/generate_niid.py`, and linear
+tasks in planted groups.
+
+Both generate in bounded memory: node after node in chunks of about `CHUNK_BYTES` of float64
+draws, each chunk's rows written as float32 straight into the preallocated train and test
+arrays. The output is bit-identical to a per-node loop (`tests/test_synthetic_scale.py` keeps
+one): NumPy's Generator draws are sequential, so one draw of m1 + m2 standard normals equals a
+draw of m1 and then one of m2, and `normal(loc, 1, m)` is `loc + standard_normal(m)`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from fedmtl.data import FederatedData
+from fedmtl.data import (
+    FederatedData,
+    FederatedDataError,
+    _chunks,
+    _offsets,
+    _Splitter,
+    _test_counts,
+    _who,
+    _Workspace,
+)
+
+CHUNK_BYTES = 16 << 20
+"""Float64 draws generated at a time (a node with more draws makes a chunk of its own)."""
 
 
 def node_sizes(num_nodes: int, rng: np.random.Generator, max_size: int | None = None):
@@ -56,21 +77,88 @@ def synthetic(
         b_global = rng.normal(0, 1, num_classes)
     u = rng.normal(0, alpha, num_nodes)
     big_b = rng.normal(0, beta, num_nodes)
-    xs, ys = [], []
-    for k in range(num_nodes):
+    names, n_test = _plan(sizes, test_fraction, num_classes)
+    out = _Splitter(sizes, n_test, seed, (dim,), np.empty(0, np.int32))
+    # Node k's draws, in the order of the reference loop: v_k [D], W_k [D, C], b_k [C] (none
+    # when iid), then x [n_k, D]; one chunk of nodes is one standard_normal draw.
+    params, work = (0 if iid else dim + dim * num_classes + num_classes), _Workspace()
+    for lo, hi in _chunks(8 * (params + sizes * dim), CHUNK_BYTES):
+        n = sizes[lo:hi]
+        starts = _offsets(params + n * dim)[:-1]
+        z = rng.standard_normal(out=work.get("z", (params * len(n) + n.sum() * dim,), float))
         if iid:
-            mean_x, w, b = np.zeros(dim), w_global, b_global
-        else:
-            mean_x = rng.normal(big_b[k], 1, dim)
-            w = rng.normal(u[k], 1, (dim, num_classes))
-            b = rng.normal(u[k], 1, num_classes)
-        x = mean_x + scale * rng.standard_normal((sizes[k], dim))
-        xs.append(x.astype(np.float32))
-        ys.append(np.argmax(x @ w + b, axis=1).astype(np.int32))
-    return FederatedData.from_nodes(
-        xs, ys, test_fraction=test_fraction, seed=seed, task="classification",
-        num_classes=num_classes, names=[f"node{k}" for k in range(num_nodes)],
-    )
+            mean = np.zeros((len(n), dim))
+            w = np.broadcast_to(w_global, (len(n), dim, num_classes))
+            b = np.broadcast_to(b_global, (len(n), num_classes))
+        else:  # normal(loc, 1, m) == loc + standard_normal(m), bit for bit
+            at = starts[:, None] + np.arange(params)
+            mean = big_b[lo:hi, None] + z[at[:, :dim]]
+            w = u[lo:hi, None] + z[at[:, dim:params - num_classes]]
+            w = w.reshape(len(n), dim, num_classes)
+            b = u[lo:hi, None] + z[at[:, params - num_classes:]]
+        x, y, begin = _rows(z, starts + params, n, mean, w, b, work, scale)
+        out.put(lo, hi, x, y, begin)
+    return FederatedData(out.train, out.test, "classification", int(num_classes), names)
+
+
+def _plan(sizes: np.ndarray, test_fraction: float, num_classes: int):
+    """The checks `FederatedData.from_nodes` makes of generated nodes (named "node{k}"), in
+    its order. Returns (names, [N] test rows per node)."""
+    names = tuple(f"node{k}" for k in range(len(sizes)))
+    who = lambda k: _who(k, names)
+    if len(sizes) == 0:
+        raise FederatedDataError("no nodes given: need at least one node")
+    empty = np.flatnonzero(sizes < 1)
+    if empty.size:
+        raise FederatedDataError(f"{who(int(empty[0]))} has no examples")
+    if not 0.0 <= test_fraction < 1.0:
+        raise FederatedDataError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 2 <= num_classes <= np.iinfo(np.int32).max:
+        raise FederatedDataError(f"classification needs 2 to 2**31 - 1 classes, got "
+                                 f"{num_classes}")
+    return names, _test_counts(sizes, test_fraction, who)
+
+
+def _rows(z, x_at, n, mean, w, b, work, scale=None):
+    """Features and argmax labels of K nodes from their draws.
+
+    Node j's features are mean[j] + scale * (its draws z[x_at[j]:][:n_j · D], row after
+    row) (+ the draws without `scale`), in float64, and its labels argmax(x W_j + b_j). Each
+    node's product is one BLAS matmul of exactly the per-node shape [n_j, D] @ [D, C]: nodes of
+    equal size go as one stacked `np.matmul`, which calls BLAS per node. One matmul over the
+    rows of several nodes would not do: OpenBLAS rounds a row differently depending on the
+    number of rows (blocking, odd remainders), which can flip an argmax near a tie.
+
+    Args:
+      z: [Z] float64 draws; x_at: [K] where each node's feature draws begin; n: [K] rows.
+      mean: [K, D]; w: [K, D, C]; b: [K, C] float64; work: a `_Workspace`; scale: [D] or None.
+
+    Returns:
+      x [R, D] float32 and y [R] int32, R = Σ n, with nodes in order of size (stable), and
+      begin [K]: the row where each node's rows begin. x lives in `work`.
+    """
+    dim, num_classes = w.shape[1:]
+    order = np.argsort(n, kind="stable")
+    n_sorted = n[order]
+    begin = np.empty_like(n)
+    begin[order] = _offsets(n_sorted)[:-1]
+    first = np.repeat(begin[order], n_sorted)
+    rows = np.repeat(x_at[order], n_sorted) + (np.arange(len(first)) - first) * dim
+    window = sliding_window_view(z, dim)
+    x32 = work.get("x32", (len(rows), dim), np.float32)
+    logits = work.get("logits", (len(rows), num_classes), float)
+    cuts = [0, *(np.flatnonzero(np.diff(n_sorted)) + 1).tolist(), len(n)]
+    for g0, g1 in zip(cuts[:-1], cuts[1:], strict=True):  # one stacked matmul per node size
+        nodes, size = order[g0:g1], int(n_sorted[g0])
+        at = slice(int(begin[nodes[0]]), int(begin[nodes[0]]) + size * len(nodes))
+        xg = window[rows[at]].reshape(len(nodes), size, dim)
+        if scale is not None:
+            xg *= scale
+        xg += mean[nodes][:, None, :]  # == mean + scale * draws: addition commutes exactly
+        lg = np.matmul(xg, w[nodes], out=logits[at].reshape(len(nodes), size, num_classes))
+        lg += b[nodes][:, None, :]
+        x32[at] = xg.reshape(len(nodes) * size, dim)
+    return x32, logits.argmax(axis=1).astype(np.int32), begin
 
 
 def planted_groups(
@@ -129,18 +217,33 @@ def planted_groups(
                     min_size, max_size)
     w_group = rng.standard_normal((num_groups, dim, num_classes))
     b_group = rng.standard_normal((num_groups, num_classes))
-    xs, ys = [], []
-    for k, g in enumerate(groups):
-        w = w_group[g] + task_noise * rng.standard_normal((dim, num_classes))
-        b = b_group[g] + task_noise * rng.standard_normal(num_classes)
-        x = feature_shift * rng.standard_normal(dim) + rng.standard_normal((sizes[k], dim))
-        y = np.argmax(x @ w + b, axis=1)
-        flip = rng.random(sizes[k]) < label_noise
-        y = np.where(flip, rng.integers(0, num_classes, sizes[k]), y)
-        xs.append(x.astype(np.float32))
-        ys.append(y.astype(np.int32))
-    data = FederatedData.from_nodes(
-        xs, ys, test_fraction=test_fraction, seed=seed, task="classification",
-        num_classes=num_classes, names=[f"node{k}" for k in range(num_nodes)],
-    )
+    names, n_test = _plan(sizes, test_fraction, num_classes)
+    out = _Splitter(sizes, n_test, seed, (dim,), np.empty(0, np.int32))
+    # Node k's draws: normals for W_k [D, C], b_k [C], μ_k [D], x [n_k, D], then uniforms [n_k]
+    # and labels [n_k] for the label noise.
+    params, work = dim * num_classes + num_classes + dim, _Workspace()
+    for lo, hi in _chunks(8 * (params + sizes * dim), CHUNK_BYTES):
+        n = sizes[lo:hi]
+        starts, rows = _offsets(params + n * dim), _offsets(n)
+        z, uniform = work.get("z", (starts[-1],), float), np.empty(rows[-1])
+        noise = np.empty(rows[-1], np.int64)
+        # The draws alone loop over nodes: uniforms and bounded integers follow each node's
+        # normals in the stream, and normals (ziggurat) and bounded integers (Lemire) use a
+        # data-dependent number of raw bits, so no node's draws can be cut from a joint draw.
+        for z0, z1, r0, r1 in zip(starts[:-1].tolist(), starts[1:].tolist(),
+                                  rows[:-1].tolist(), rows[1:].tolist(), strict=True):
+            rng.standard_normal(out=z[z0:z1])
+            rng.random(out=uniform[r0:r1])
+            noise[r0:r1] = rng.integers(0, num_classes, r1 - r0)
+        at = starts[:-1, None] + np.arange(params)
+        g = groups[lo:hi]
+        wc = dim * num_classes
+        w = w_group[g] + task_noise * z[at[:, :wc]].reshape(len(n), dim, num_classes)
+        b = b_group[g] + task_noise * z[at[:, wc:wc + num_classes]]
+        mean = feature_shift * z[at[:, wc + num_classes:]]
+        x, y, begin = _rows(z, starts[:-1] + params, n, mean, w, b, work)
+        node_rows = np.repeat(begin - rows[:-1], n) + np.arange(rows[-1])  # node order -> x
+        y[node_rows] = np.where(uniform < label_noise, noise, y[node_rows])
+        out.put(lo, hi, x, y, begin)
+    data = FederatedData(out.train, out.test, "classification", int(num_classes), names)
     return data, groups.astype(np.int64)

@@ -358,6 +358,30 @@ def test_from_flat_groups_by_node_id():
         assert sorted(got) == sorted(want)
 
 
+def test_from_flat_is_from_nodes_of_each_ids_rows_in_flat_order():
+    """Rows already grouped by node are split as views; others are gathered first: the same
+    data either way, that of from_nodes on each node's rows in their flat order."""
+    rng = np.random.default_rng(5)
+    ids = np.repeat([4, 9, 12], [7, 11, 5])
+    x = rng.normal(size=(len(ids), 2))
+    y = rng.integers(0, 3, len(ids))
+    shuffled = rng.permutation(len(ids))
+    nodes = FederatedData.from_nodes([x[ids == i] for i in (4, 9, 12)],
+                                     [y[ids == i] for i in (4, 9, 12)], seed=2,
+                                     names=["4", "9", "12"])
+    for rows in (np.arange(len(ids)), shuffled):
+        flat = FederatedData.from_flat(x[rows], y[rows], ids[rows], seed=2)
+        if rows is shuffled:
+            nodes = FederatedData.from_nodes(
+                [x[rows][ids[rows] == i] for i in (4, 9, 12)],
+                [y[rows][ids[rows] == i] for i in (4, 9, 12)], seed=2, names=["4", "9", "12"])
+        assert flat.names == nodes.names
+        for split in ("train", "test"):
+            for field in ("x", "y", "counts"):
+                np.testing.assert_array_equal(getattr(getattr(flat, split), field),
+                                              getattr(getattr(nodes, split), field))
+
+
 def test_split_keeps_every_example_exactly_once():
     xs, ys = _nodes(sizes=(13, 8, 21, 5))
     data = FederatedData.from_nodes(xs, ys, test_fraction=0.3, seed=4)
