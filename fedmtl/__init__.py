@@ -4,6 +4,10 @@ Data flows one way: FederatedData → start / step / finish (vmapped lanes) → 
 server_update → evaluation (global vs local vs personalized, per node) → report.
 """
 
+from fedmtl.devices import expose_cpu_cores
+
+expose_cpu_cores()  # one JAX CPU device per core unless the user chose (fedmtl.devices)
+
 from fedmtl import accounting, attacks, privacy, robust, systems
 from fedmtl.aggregation import weighted_mean
 from fedmtl.algorithms import (

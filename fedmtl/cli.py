@@ -107,6 +107,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weigh the training loss by class: balanced = n / (C n_c) over all "
                    "train rows, for rare classes (default none)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
+    g.add_argument("--devices", type=bounded(int, minimum=1), default=None, metavar="D",
+                   help="spread the nodes over the first D devices (default: every device; "
+                   "on a CPU one per core, see docs/scale.md); results do not depend on it")
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:

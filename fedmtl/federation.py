@@ -23,8 +23,8 @@ class Federation(NamedTuple):
       batch_size: B; node k takes ceil(n_k / B) · E steps per round.
       finetune_steps: local steps that personalize a global model before testing (0: none).
       seed: seeds cohorts, shuffling and fine-tuning.
-      lanes: nodes trained side by side (None: the count that minimises
-        makespan × (lanes + lane_step_cost)).
+      lanes: nodes trained side by side on each device (None: the count that minimises
+        the slowest device's makespan × (lanes + lane_step_cost)).
       lane_step_cost: fixed cost of one loop step, in units of one lane's step (None: 4 on a
         CPU, where cost grows with lanes; 2048 on an accelerator, where a wide step is cheap).
       rounds_per_sync: rounds fused into one jitted `lax.scan` between host syncs.
@@ -37,6 +37,9 @@ class Federation(NamedTuple):
         None: none).
       secure_aggregation: the server learns only the sum of the uploads
         (`fedmtl.secagg.SecureAggregation`: SecAgg / SecAgg+; None: it sees each upload).
+      devices: the devices the nodes are spread over (`fedmtl.devices.mesh`): None for every
+        device of every process (`jax.devices()`; on a CPU, one per core by default), an int
+        for the first that many, or a sequence of `jax.Device`. Results do not depend on it.
     """
 
     rounds: int = 50
@@ -53,6 +56,7 @@ class Federation(NamedTuple):
     attack: Attack | None = None
     privacy: Privacy | None = None
     secure_aggregation: SecureAggregation | None = None
+    devices: int | tuple | None = None
 
 
 

@@ -106,20 +106,24 @@ def run(lanes: Lanes, body: Callable[[Any, Position], Any], carry: Any) -> Any:
 
 
 def makespan(steps: np.ndarray, lanes: int) -> int:
-    """Loop steps a round takes for `steps` [C] on `lanes` lanes (computed on the host)."""
+    """Loop steps a round takes for `steps` [C] on `lanes` lanes (computed on the host); for
+    `steps` [D, C] (one row per device, each with its own lanes), the slowest device's."""
     steps = np.asarray(steps, np.int64)
+    if steps.ndim == 2:
+        return max((makespan(row, lanes) for row in steps), default=0)
     if len(steps) == 0:
         return 0
     return int(lengths(deal(steps, min(lanes, len(steps)), np)).max())
 
 
 def choose(steps: np.ndarray, step_cost: float) -> int:
-    """The lane count minimising makespan × (lanes + step_cost) for `steps` [C].
+    """The lane count minimising makespan × (lanes + step_cost) for `steps` [C], or for
+    `steps` [D, C] the lanes per device minimising the slowest device's cost.
 
     step_cost: fixed cost of one loop step in units of one lane's step; larger on devices
     where a wider step is nearly free (a GPU), small on a CPU where cost grows with lanes.
     """
-    count = len(steps)
+    count = np.shape(steps)[-1]
     if count == 0 or not np.any(steps):
         return 1
     grid = np.unique(np.round(1.25 ** np.arange(np.log(count) / np.log(1.25) + 1)))

@@ -120,6 +120,8 @@ def _plain(value):
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
+    if not isinstance(value, str | int | float | bool | dict | None):
+        return str(value)  # e.g. a jax.Device in Federation.devices
     return value
 
 

@@ -140,21 +140,25 @@ def _sort_on_host(segment: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return np.argsort(keys, kind="stable").astype(np.int32)
 
 
-def sort_within_nodes(segment: jax.Array, bits: jax.Array) -> jax.Array:
+def sort_within_nodes(segment: jax.Array, bits: jax.Array, host: bool = True) -> jax.Array:
     """Row indices [R] sorted by (segment, bits), ties in row order.
 
     XLA's CPU sort with a payload costs ~0.5 us per row (a quarter of a FedAvg round at
     1,000 nodes), so on a CPU a long sort runs in NumPy through `pure_callback` (10x faster);
-    short ones and accelerators sort with `lax.sort`. Both give the same result (tested).
+    short ones, accelerators, and `host=False` sort with `lax.sort`. Both give the same
+    result (tested). The engine passes host=False for programs over several devices: a host
+    callback inside a program that spans several CPU devices can deadlock (seen with
+    jax 0.10.2 at 1,000 nodes on 2 devices).
     """
-    if jax.default_backend() == "cpu" and segment.shape[0] >= _HOST_SORT_ROWS:
+    if host and jax.default_backend() == "cpu" and segment.shape[0] >= _HOST_SORT_ROWS:
         shape = jax.ShapeDtypeStruct(segment.shape, jnp.int32)
         return jax.pure_callback(_sort_on_host, shape, segment, bits, vmap_method="sequential")
     rows = jnp.arange(segment.shape[0], dtype=jnp.int32)
     return jax.lax.sort((segment, bits, rows), num_keys=2, is_stable=True)[2]
 
 
-def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: int) -> jax.Array:
+def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: int,
+                 host_sort: bool = True) -> jax.Array:
     """Random visiting orders of every node's rows, one per epoch.
 
     Row i of node k draws bits(fold_in(fold_in(key_k, epoch), i)); sorting by (node, bits)
@@ -165,6 +169,7 @@ def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: 
       segment: [R] node of each row (non-decreasing: rows are stored node after node).
       local: [R] the row's position within its node.
       epochs: E.
+      host_sort: whether a long sort may run on the host (`sort_within_nodes`).
 
     Returns:
       [E, R] int32: entry offsets[k] + j of epoch e is the row node k visits j-th.
@@ -173,7 +178,7 @@ def epoch_orders(keys: jax.Array, segment: jax.Array, local: jax.Array, epochs: 
     def one(epoch):
         row_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)[segment]
         bits = jax.vmap(lambda k, i: jax.random.bits(jax.random.fold_in(k, i)))(row_keys, local)
-        return sort_within_nodes(segment, bits)
+        return sort_within_nodes(segment, bits, host_sort)
 
     return jnp.stack([one(epoch) for epoch in range(epochs)])
 

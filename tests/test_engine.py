@@ -65,9 +65,10 @@ def _round_keys(seed: int, round_: int):
 
 @pytest.mark.parametrize("lanes", [1, 2, 5])
 def test_lane_count_does_not_change_results(lanes):
-    """One lane runs the nodes one after another, five run them all side by side."""
+    """One lane runs the nodes one after another, five run them all side by side (on one
+    device; tests/test_devices.py spreads them over several)."""
     auto = _engine("fedper")
-    other = _engine("fedper", BASE._replace(lanes=lanes))
+    other = _engine("fedper", BASE._replace(lanes=lanes, devices=1))
     assert other.lanes == lanes
     assert other.makespan == {1: 11, 2: 6, 5: 3}[lanes]  # node steps 1, 1, 3, 3, 3
     a, ha = auto.run(auto.init(), 2)
@@ -152,6 +153,41 @@ def test_same_seed_identical_different_seed_different():
     for x, y in zip(jax.tree.leaves(a.server.params), jax.tree.leaves(d.server.params),
                     strict=True):
         assert not np.allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_seed_is_an_input_not_a_recompile():
+    """init(seed) gives Federation(seed=...)'s run, and the compiled rounds and evaluation
+    serve every seed (the seed is in the state, not a constant of the program)."""
+    fed = BASE._replace(cohort_size=3)
+    engine = Engine(_algorithm("fedper"), data(), fed)
+    runs = {}
+    for seed in (0, 1, 2):
+        state, history = engine.run(engine.init(seed), 2)
+        runs[seed] = (host_copy(state), history, engine.evaluate(state))
+    assert engine._run._cache_size() == 1 and engine._evaluate._cache_size() == 1
+    twin = Engine(_algorithm("fedper"), data(), fed._replace(seed=2))
+    state, history = twin.run(twin.init(), 2)
+    assert_equal(runs[2], (host_copy(state), history, twin.evaluate(state)))
+    assert not np.array_equal(runs[0][1]["train_loss"], runs[1][1]["train_loss"])
+    np.testing.assert_array_equal(engine.participation(2, seed=2)["ids"],
+                                  twin.participation(2)["ids"])
+
+
+def test_a_sweep_is_one_program_equal_to_separate_runs():
+    """Three seeds vmapped in one program: each run's state and history equal its own
+    `run(init(seed))` bit for bit; its evaluation (fine-tuning included) to 1 ulp, since
+    XLA sums the per-node test losses in another order in the vmapped program."""
+    engine = Engine(_algorithm("fedavg"), data(), BASE._replace(cohort_size=3))
+    states, history = engine.sweep([0, 5, 7], 2)
+    assert history["train_loss"].shape == (3, 2)
+    per_seed = engine.evaluate_sweep(states)
+    for i, seed in enumerate((0, 5, 7)):
+        state, alone = engine.run(engine.init(seed), 2)
+        assert_equal(jax.tree.map(lambda a, i=i: np.asarray(a)[i], states), host_copy(state))
+        assert_equal({k: v[i] for k, v in history.items()}, alone)
+        assert_close(per_seed[i], engine.evaluate(state), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="distinct"):
+        engine.sweep([1, 1])
 
 
 # ----- evaluation -----

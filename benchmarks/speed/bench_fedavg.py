@@ -440,7 +440,7 @@ def worker_engine(args) -> dict:
     state2 = eng2.init()
     jax.block_until_ready(state2)
     t = now()
-    lowered = eng2._run.lower(state2, eng2.train, 1)
+    lowered = eng2.lower(state2, 1)
     lower_s = now() - t
     t = now()
     lowered.compile()
