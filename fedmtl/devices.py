@@ -120,27 +120,33 @@ class Blocks(NamedTuple):
 
 
 def row_index(placement: Placement, counts: np.ndarray):
-    """For a split with `counts` [N] rows per data-order node, stored node after node:
-    (rows [D, R] the data row at each device row, −1 for padding; R; where [T] each data
-    row's index in the flattened [D·R] layout)."""
+    """Where each row of a split goes, for `counts` [N] rows per data-order node stored node
+    after node. Returns (rows [D, R] the data row at each device row, −1 for padding;
+    offsets [D, B] each place's first row within its device; segment [D, R] each device row's
+    place within its device, B for padding; local [D, R] its position within its node;
+    where [T] each data row's index in the flattened [D·R] layout)."""
     counts = np.asarray(counts, np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)])
     by_place = placement.blocks(counts)  # [D, B]
-    per_device = by_place.sum(axis=1)
-    width = max(1, int(per_device.max()))
-    place_start = np.cumsum(by_place, axis=1) - by_place  # within the device
+    width = max(1, int(by_place.sum(axis=1).max()))
+    offsets = np.cumsum(by_place, axis=1) - by_place  # within the device
     flat_counts = by_place.reshape(-1)
     total = int(flat_counts.sum())
     place_of_row = np.repeat(np.arange(flat_counts.size), flat_counts)
     node = placement.placed[place_of_row]
     within = np.arange(total) - np.repeat(np.cumsum(flat_counts) - flat_counts, flat_counts)
     device = place_of_row // placement.block
-    column = place_start.reshape(-1)[place_of_row] + within
-    rows = np.full((placement.devices, width), -1, np.int64)
+    column = offsets.reshape(-1)[place_of_row] + within
+    shape = (placement.devices, width)
+    rows = np.full(shape, -1, np.int64)
     rows[device, column] = starts[node] + within
+    segment = np.full(shape, placement.block, np.int64)
+    segment[device, column] = place_of_row % placement.block
+    local = np.zeros(shape, np.int64)
+    local[device, column] = within
     where = np.empty(int(starts[-1]), np.int64)
     where[starts[node] + within] = device * width + column
-    return rows, width, where
+    return rows, offsets, segment, local, where
 
 
 def layout(mesh_: Mesh, placement: Placement, x: np.ndarray, y: np.ndarray,
@@ -148,15 +154,8 @@ def layout(mesh_: Mesh, placement: Placement, x: np.ndarray, y: np.ndarray,
     """Lays a split (x [T, *F], y [T, ...] node after node, `counts` [N]) out by place, each
     device's block built on the host only when that device is filled (no full host copy).
     Returns (Blocks, where [T]: each data row's index in the [D·R] layout)."""
-    rows, width, where = row_index(placement, counts)
-    by_place = placement.blocks(np.asarray(counts, np.int64))
-    offsets = np.cumsum(by_place, axis=1) - by_place
-    segment = np.full((placement.devices, width), placement.block, np.int64)
-    local = np.zeros((placement.devices, width), np.int64)
-    for d in range(placement.devices):  # one vectorized block per device
-        n = int(by_place[d].sum())
-        segment[d, :n] = np.repeat(np.arange(placement.block), by_place[d])
-        local[d, :n] = np.arange(n) - np.repeat(offsets[d], by_place[d])
+    rows, offsets, segment, local, where = row_index(placement, counts)
+    width = rows.shape[1]
     share = sharded(mesh_)
 
     def rows_of(a: np.ndarray):
@@ -175,7 +174,8 @@ def layout(mesh_: Mesh, placement: Placement, x: np.ndarray, y: np.ndarray,
         a = np.asarray(a, np.int32).reshape(-1)
         return jax.make_array_from_callback(a.shape, share, lambda index: a[index])
 
-    blocks = Blocks(rows_of(x), rows_of(y), small(offsets), small(by_place), small(segment),
+    blocks = Blocks(rows_of(x), rows_of(y), small(offsets),
+                    small(placement.blocks(np.asarray(counts, np.int64))), small(segment),
                     small(local))
     return blocks, where
 

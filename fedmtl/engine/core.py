@@ -174,6 +174,7 @@ class Engine(LaneTraining, Evaluation, Sweep):
         # fresh buffers (`run` donates the state), replicated over the mesh
         self._init = jax.jit(self._init_state,
                              out_shardings=devices_lib.replicated(self.mesh))
+        self._sweep_jits()
 
     # ----- state -----
 

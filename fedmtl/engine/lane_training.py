@@ -55,7 +55,7 @@ class LaneTraining:
         k_order = jax.vmap(lambda k: jax.random.split(k)[0])(self._per_node(key, placed))
         k_step = jax.vmap(lambda k: jax.random.split(k)[1])(self._per_node(key, nodes))
         orders = epoch_orders(k_order, tr.segment, tr.local, epochs + prologue,
-                              host_sort=self.mesh.devices.size == 1).reshape(-1)
+                              host_sort=self.devices == 1).reshape(-1)
         rows_total = tr.segment.shape[0]
         pad = lambda a: jnp.concatenate([a, a[:1]])  # slot C (no node) reads a real one, unused
         nodes, places, k_step = pad(nodes), pad(places), pad(k_step)

@@ -15,6 +15,16 @@ from fedmtl.engine.state import EngineState
 class Sweep:
     """Seed sweeps of `Engine` (a mixin: it reuses the engine's rounds and evaluation)."""
 
+    def _sweep_jits(self) -> None:
+        """The vmapped twins of `_run`, `_init` and `_evaluate` (built with them; jit compiles
+        only when a sweep first calls them)."""
+        inputs = (None,) * len(self._inputs())
+        self._run_many = jax.jit(jax.vmap(self._rounds, in_axes=(0, *inputs, None)),
+                                 static_argnums=(len(inputs) + 1,), donate_argnums=(0,))
+        self._init_many = jax.jit(jax.vmap(self._init_state))
+        self._evaluate_many = jax.jit(jax.vmap(self._evaluate_all,
+                                               in_axes=(0, None, None, None)))
+
     def sweep(self, seeds: Sequence[int], rounds: int | None = None, *, callback=None
               ) -> tuple[EngineState, dict[str, np.ndarray]]:
         """Runs one federation per seed as one vectorized program.
@@ -38,13 +48,6 @@ class Sweep:
         seeds = [int(s) for s in seeds]
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"sweep needs distinct seeds, got {seeds}")
-        if not hasattr(self, "_run_many"):
-            inputs = (None,) * len(self._inputs())
-            self._run_many = jax.jit(jax.vmap(self._rounds, in_axes=(0, *inputs, None)),
-                                     static_argnums=(len(inputs) + 1,), donate_argnums=(0,))
-            self._init_many = jax.jit(jax.vmap(self._init_state))
-            self._evaluate_many = jax.jit(jax.vmap(self._evaluate_all,
-                                                   in_axes=(0, None, None, None)))
         states = self._init_many(jnp.stack([self._seed(s) for s in seeds]))
         return self._drive(states, rounds, self._run_many, callback, seeds)
 
