@@ -40,6 +40,8 @@ class Federation(NamedTuple):
       devices: the devices the nodes are spread over (`fedmtl.devices.mesh`): None for every
         device of every process (`jax.devices()`; on a CPU, one per core by default), an int
         for the first that many, or a sequence of `jax.Device`. Results do not depend on it.
+      eval_every: k > 0 tests every node's models of every kind after every k-th round, inside
+        the fused scan, into the history's learning curves (`Engine.run`); 0: only at the end.
     """
 
     rounds: int = 50
@@ -57,6 +59,7 @@ class Federation(NamedTuple):
     privacy: Privacy | None = None
     secure_aggregation: SecureAggregation | None = None
     devices: int | tuple | None = None
+    eval_every: int = 0
 
 
 
@@ -76,6 +79,8 @@ def check(fed: Federation, num_nodes: int) -> None:
         (fed.lane_step_cost is None or fed.lane_step_cost >= 0,
          f"lane_step_cost must be >= 0, got {fed.lane_step_cost}"),
         (fed.rounds_per_sync >= 1, f"rounds_per_sync must be >= 1, got {fed.rounds_per_sync}"),
+        (fed.eval_every >= 0, f"eval_every must be >= 0 (0: no learning curves), got "
+                              f"{fed.eval_every}"),
         (
             fed.cohort_size is None or 1 <= fed.cohort_size <= num_nodes,
             f"cohort_size must be in [1, {num_nodes}] (the number of nodes), "

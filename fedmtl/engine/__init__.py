@@ -14,7 +14,9 @@ module holds the only `jax.vmap` over nodes and the only `jax.jit` of the librar
 """
 
 from fedmtl.engine.core import Engine
+from fedmtl.engine.drive import curves
 from fedmtl.engine.state import EVAL_BATCH, DivergenceError, EngineState, Layout
 from fedmtl.federation import Federation
 
-__all__ = ["EVAL_BATCH", "DivergenceError", "Engine", "EngineState", "Federation", "Layout"]
+__all__ = ["EVAL_BATCH", "DivergenceError", "Engine", "EngineState", "Federation", "Layout",
+           "curves"]

@@ -19,6 +19,7 @@ from fedmtl.algorithms import Algorithm, for_node
 from fedmtl.data import FederatedData
 from fedmtl.devices import AXIS, Blocks
 from fedmtl.engine import trees
+from fedmtl.engine.drive import Driving
 from fedmtl.engine.evaluation import Evaluation
 from fedmtl.engine.lane_training import LaneTraining
 from fedmtl.engine.state import (
@@ -29,10 +30,8 @@ from fedmtl.engine.state import (
     _ROUNDS,
     _SYSTEMS,
     EVAL_BATCH,
-    DivergenceError,
     EngineState,
     Layout,
-    _concat,
     stream,
 )
 from fedmtl.engine.sweep import Sweep
@@ -69,7 +68,7 @@ def _lane_count(fed: Federation, steps: np.ndarray, width: int | None = None) ->
     return lanes_lib.choose(steps, cost)
 
 
-class Engine(LaneTraining, Evaluation, Sweep):
+class Engine(LaneTraining, Evaluation, Driving, Sweep):
     """Runs an algorithm on federated data.
 
     Example:
@@ -167,7 +166,7 @@ class Engine(LaneTraining, Evaluation, Sweep):
             self.upload_shapes, self.cohort, expected)
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
-        self._run = jax.jit(self._rounds, static_argnums=(6,), donate_argnums=(0,))
+        self._run = jax.jit(self._rounds, static_argnums=(7,), donate_argnums=(0,))
         self._participation = jax.jit(self._plans, static_argnums=(2,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._models)
@@ -388,8 +387,9 @@ class Engine(LaneTraining, Evaluation, Sweep):
 
     def _inputs(self) -> tuple:
         """What `_rounds` takes beside the state and the round count: the training split by
-        place, the train counts [N] and the `Layout`, the systems profile, the attackers."""
-        return self.train, self.counts, self.layout, self.profile, self.attackers
+        place, the train counts [N] and the `Layout`, the systems profile, the attackers, the
+        test split by place (learning curves)."""
+        return self.train, self.counts, self.layout, self.profile, self.attackers, self.test
 
     def lower(self, state: EngineState, rounds: int = 1):
         """The jitted chunk of `rounds` rounds, lowered for `state` (`.compile()` compiles it;
@@ -397,80 +397,18 @@ class Engine(LaneTraining, Evaluation, Sweep):
         return self._run.lower(state, *self._inputs(), rounds)
 
     def _rounds(self, state: EngineState, tr: Blocks, counts, layout: Layout, profile,
-                attackers, num_rounds: int):
+                attackers, te: Blocks, num_rounds: int):
         """`num_rounds` rounds in one scan; node states move to their places for the chunk and
-        come back in data order (replicated) at its end."""
+        come back in data order (replicated) at its end. With `eval_every`, each round's
+        metrics also hold "curves" {kind: {metric: [N]}} and "evaluated" []."""
         state = state._replace(nodes=self._to_places(state.nodes, layout))
-        state, metrics = jax.lax.scan(
-            lambda s, _: self._round(s, tr, counts, layout, profile, attackers), state, None,
-            length=num_rounds)
+
+        def one(s, _):
+            s, metrics = self._round(s, tr, counts, layout, profile, attackers)
+            if self.federation.eval_every:  # learning curves, in the scan
+                metrics["curves"], metrics["evaluated"] = self._curve_point(s, tr, te, layout)
+            return s, metrics
+
+        state, metrics = jax.lax.scan(one, state, None, length=num_rounds)
         state = state._replace(nodes=self._from_places(state.nodes, layout))
         return self._replicated(state), self._replicated(metrics)
-
-    def run(self, state: EngineState, rounds: int | None = None, *, callback=None):
-        """Runs `rounds` rounds (default: the federation's), `rounds_per_sync` per jitted scan.
-
-        After each fused chunk (the only host sync) the chunk's training losses are checked:
-        a non-finite one stops the run with `DivergenceError` naming the round, instead of
-        training on for hours and failing at evaluation.
-
-        Args:
-          callback: called as callback(round_done, metrics) after each fused chunk, with the
-            chunk's last round metrics as floats.
-
-        Returns:
-          (state, history): history maps each metric to a numpy array [rounds].
-
-        Raises:
-          DivergenceError: a round's training loss is NaN or infinite; the error carries the
-            state and history up to the end of that chunk.
-        """
-        return self._drive(state, rounds, self._run, callback)
-
-    def _drive(self, state: EngineState, rounds: int | None, chunk_fn, callback,
-               seeds: list[int] | None = None):
-        """`run`'s loop over fused chunks of `chunk_fn`; with `seeds`, state and metrics carry
-        a leading seed axis [S] (`sweep`)."""
-        rounds = self.federation.rounds if rounds is None else rounds
-        chunk = self.federation.rounds_per_sync
-        first = int(np.ravel(state.round)[0])
-        history, done = [], 0
-        while done < rounds:
-            n = min(chunk, rounds - done)
-            state, metrics = chunk_fn(state, *self._inputs(), n)
-            done += n
-            metrics = jax.device_get(metrics)
-            overflow = metrics.pop("overflow", np.zeros(0, bool)).reshape(-1, n).any(axis=0)
-            loss = metrics["train_loss"]
-            if self.mechanism is not None:  # ε after each round (RDP), from host numbers
-                upto = max(first + done, self.federation.rounds)
-                epsilon = self.epsilons(upto)[first + done - n:first + done]
-                metrics["epsilon"] = np.broadcast_to(epsilon, loss.shape).copy()
-            history.append(metrics)
-            if overflow.any():
-                round_ = first + done - n + int(np.flatnonzero(overflow)[0]) + 1
-                raise SystemsError(
-                    f"round {round_} sampled more nodes than the Poisson cohort's {self.cohort} "
-                    "slots; raise Systems.capacity (CLI: --capacity)")
-            bad = np.argwhere(~np.isfinite(loss.reshape(-1, n)))
-            if bad.size:
-                run, r = bad[0]
-                one = state if seeds is None else jax.tree.map(lambda a, i=run: a[i], state)
-                where = "" if seeds is None else f" (seed {seeds[run]})"
-                raise DivergenceError(
-                    self._divergence(one, first + done - n + int(r) + 1) + where,
-                    state=state, history=_concat(history))
-            if callback is not None:
-                callback(first + done, {k: float(np.mean(v[..., -1])) for k, v in metrics.items()})
-        return state, _concat(history)
-
-    def _divergence(self, state: EngineState, round_: int) -> str:
-        """What to tell a user whose training loss became non-finite in round `round_`."""
-        leaves = jax.device_get(jax.tree.leaves(state.nodes))
-        finite = [np.isfinite(leaf[: self.num_real].reshape(self.num_real, -1)).all(axis=1)
-                  for leaf in leaves]
-        broken = np.flatnonzero(~np.all(finite, axis=0)) if finite else np.array([], int)
-        where = (f"; {broken.size} node(s) hold non-finite personal state, first node "
-                 f"{self.data.names[broken[0]]!r}" if broken.size else "")
-        return (f"{self.algorithm.name}: training diverged: non-finite training loss in round "
-                f"{round_}{where}; lower the learning rate or scale the data")

@@ -60,14 +60,28 @@ class Evaluation:
     def _evaluate_all(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout):
         """Per-node test metric sums of every kind [N] (data order) and, for binary tasks,
         each test row's score in the [D·R] layout of `te`."""
-        broadcast = self.algorithm.broadcast(state.server)
         nodes = self._to_places(state.nodes, layout)
+        return self._replicated(self._evaluate_placed(state._replace(nodes=nodes), tr, te,
+                                                      layout))
+
+    def _evaluate_placed(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout):
+        """`_evaluate_all` of a state whose nodes are by place (inside the rounds' scan)."""
+        broadcast = self.algorithm.broadcast(state.server)
         S, R = P(AXIS), P()
         out, scores = self._spmd(self._evaluate_here, (R, R, S, S, S, R), (S, S))(
-            broadcast, state.seed, nodes, tr, te, layout)
+            broadcast, state.seed, state.nodes, tr, te, layout)
         out = self._from_places(out, layout)
-        metrics = {kind: finish_metrics(self.data.task, sums) for kind, sums in out.items()}
-        return self._replicated((metrics, scores))
+        return {kind: finish_metrics(self.data.task, sums) for kind, sums in out.items()}, scores
+
+    def _curve_point(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout):
+        """Inside the scan, after a round: every node's test metrics of every kind
+        {kind: {metric: [N]}} when the round completed is a multiple of `eval_every`, zeros
+        otherwise (the host keeps only the evaluated rounds: `curves`)."""
+        evaluate = lambda: self._evaluate_placed(state, tr, te, layout)[0]
+        shapes = jax.eval_shape(evaluate)
+        due = state.round % self.federation.eval_every == 0
+        return jax.lax.cond(due, evaluate, lambda: jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), shapes)), due
 
     def _evaluate_here(self, broadcast, seed, nodes, tr: Blocks, te: Blocks, layout: Layout):
         """On one device (inside `_spmd`): metric sums of its places [B] per kind, and its
@@ -138,14 +152,19 @@ class Evaluation:
         return self._node_metrics(jax.device_get(self._evaluate(state, self.train, self.test,
                                                             self.layout)))
 
+    def _units(self) -> dict[str, float]:
+        """Factors from the stored targets' units to the raw ones, by metric (regression: the
+        models see (raw - y_mean) / y_scale)."""
+        scale = self.data.y_scale
+        return {"rmse": scale, "mse": scale * scale} if self.data.task == "regression" else {}
+
     def _node_metrics(self, evaluated) -> dict[str, dict[str, np.ndarray]]:
         """`evaluate`'s host half: (metrics by kind [N], binary scores) -> per-node metrics
         in raw units with the exact AUC, or DivergenceError."""
         result, scores = evaluated
         data = self.data
         tested = data.test.counts > 0
-        scale = data.y_scale
-        units = {"rmse": scale, "mse": scale * scale} if data.task == "regression" else {}
+        units = self._units()
         per_node = {
             kind: {k: np.asarray(v[: self.num_real]) * units.get(k, 1) for k, v in found.items()}
             for kind, found in result.items()
