@@ -169,7 +169,8 @@ class FederatedData:
         as class 0 and +1 as class 1.
 
         Args:
-          xs, ys: N arrays; node k has xs[k] [n_k, *F] and ys[k] [n_k] (or [n_k, *Y]).
+          xs: N arrays; node k's features `xs[k]` [n_k, *F].
+          ys: N arrays; node k's targets `ys[k]` [n_k] (or [n_k, *Y]).
           test_fraction: share of each node's examples held out for testing (at least one
             example when positive; every node must keep at least one training example).
           seed: seed of the per-node random split.

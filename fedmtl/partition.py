@@ -215,7 +215,11 @@ def dirichlet(
 
     Args:
       x: [n, *F] features; y: [n] int labels.
-      num_nodes, alpha, seed, min_size, balance: as in `dirichlet_indices`.
+      num_nodes: as in `dirichlet_indices`.
+  alpha: as in `dirichlet_indices`.
+  seed: as in `dirichlet_indices`.
+  min_size: as in `dirichlet_indices`.
+  balance: as in `dirichlet_indices`.
       test_fraction: share of each node held out for testing.
       num_classes: C; the largest label + 1 when None (every example is in some node, so
         no class is missed; at most `data.MAX_INFERRED_CLASSES`).
@@ -235,7 +239,9 @@ def shards(
 
     Args:
       x: [n, *F] features; y: [n] int labels.
-      num_nodes, classes_per_node, seed: as in `shard_indices`.
+      num_nodes: as in `shard_indices`.
+  classes_per_node: as in `shard_indices`.
+  seed: as in `shard_indices`.
       test_fraction: share of each node held out for testing.
       num_classes: C; the largest label + 1 when None (every example is in some node, so
         no class is missed; at most `data.MAX_INFERRED_CLASSES`).
@@ -253,7 +259,10 @@ def quantity_skew(
 
     Args:
       x: [n, *F] features; y: [n] labels or targets.
-      num_nodes, sigma, seed, min_size: as in `quantity_skew_indices`.
+      num_nodes: as in `quantity_skew_indices`.
+  sigma: as in `quantity_skew_indices`.
+  seed: as in `quantity_skew_indices`.
+  min_size: as in `quantity_skew_indices`.
       test_fraction: share of each node held out for testing.
       task: "classification" or "regression"; inferred from y as in
         `FederatedData.from_nodes` when None.

@@ -52,7 +52,10 @@ _REGISTRY = [  # (name, factory, what it does in one line)
 ]
 
 ALGORITHMS = {name: factory for name, factory, _ in _REGISTRY}
+"""{name: factory} of every registered algorithm, in registry order: what `fedmtl compare
+--algorithms all`, `--param` and the test harness run over."""
 SUMMARIES = {name: summary for name, _, summary in _REGISTRY}
+"""{name: what the algorithm does, in one line}, as `fedmtl compare --help` lists them."""
 
 __all__ = [
     "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",

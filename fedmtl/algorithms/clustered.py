@@ -103,7 +103,10 @@ def ifca(
     Args:
       module: the model (all of it is clustered; nothing is personal).
       clusters: k >= 1.
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: k not an integer >= 1, a bad optimizer or an unknown loss.

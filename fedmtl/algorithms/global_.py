@@ -33,8 +33,17 @@ def fedavg(
     loss: str | None = None,
     name: str = "fedavg",
 ) -> Algorithm:
-    """FedAvg (McMahan et al., AISTATS 2017): E local epochs of minibatch training on each
-    node, then the server averages the parameter deltas weighted by node example counts.
+    """FedAvg (McMahan, Moore, Ramage, Hampson, Agüera y Arcas, "Communication-Efficient
+    Learning of Deep Networks from Decentralized Data", AISTATS 2017): E local epochs of
+    minibatch training on each node, then the server averages the parameter deltas weighted
+    by node example counts.
+
+    Node k receives w^t and takes E·ceil(n_k/B) minibatch steps w ← w − η ∇F_k(w; D) from
+    w = w^t; the server sets
+
+        w^{t+1} = w^t + Σ_k n_k (w_k − w^t) / Σ_k n_k
+
+    over the nodes that reported (through `server_optimizer`: SGD(1.0) is exactly this).
 
     Args:
       module: the model, all of it shared.
@@ -97,8 +106,11 @@ def fedprox(
       module: the model, all of it shared.
       mu: μ >= 0, the proximal weight (0.01 by default, from the candidates the paper
         tunes μ over, {0.001, 0.01, 0.1, 1}; its best μ depends on the data set).
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`. Fine-tuning
-        before testing takes plain local steps (no proximal term).
+      local_optimizer: as in `fedavg`; fine-tuning before testing takes plain local
+        steps with it (no proximal term).
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: μ negative or not a finite number, a bad optimizer or an unknown loss.
@@ -176,7 +188,9 @@ def fedavgm(
       server_optimizer: the server learning rate η > 0 (1.0: the first round is FedAvg's;
         the paper varies β and η through the effective rate η / (1 − β)).
       momentum: β in [0, 1) (0.9; 0 is FedAvg).
-      local_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: η not a finite number > 0, β outside [0, 1), a bad local optimizer or
@@ -214,7 +228,9 @@ def fedadagrad(
       server_optimizer: the server learning rate η > 0.
       b1: β₁ in [0, 1); 0 is plain Adagrad (the paper's analysis of FedAdagrad takes β₁ = 0).
       tau: τ > 0, the adaptivity.
-      local_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Defaults (η = 0.1, τ = 1e-3): the paper tunes η and τ over powers of 10 per task; these
     are in the range of its tuned FedAdagrad values. Tune η for your task.
@@ -258,9 +274,12 @@ def fedadam(
     Args:
       module: the model, all of it shared.
       server_optimizer: the server learning rate η > 0.
-      b1, b2: β₁, β₂ in [0, 1).
+      b1: β₁ in [0, 1).
+      b2: β₂ in [0, 1).
       tau: τ > 0, the adaptivity.
-      local_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Defaults (η = 1e-2, β₁ = 0.9, β₂ = 0.99, τ = 1e-3): the paper fixes β₁ = 0.9, β₂ = 0.99
     and tunes η and τ over powers of 10 per task; η and τ are in the range of its tuned

@@ -23,6 +23,9 @@ def local(
 ) -> Algorithm:
     """Local training: each node trains its own copy of the model and nothing is exchanged.
 
+    Node k takes E·ceil(n_k/B) minibatch steps w_k ← w_k − η ∇F_k(w_k; D) per round, from
+    where it left off; the server does nothing.
+
     Every round trains E more local epochs from where the node left off (the optimizer state
     restarts, as in `fedavg`), so R rounds of `local` see the same data as R rounds of FedAvg.
     `local_optimizer`, `class_weights` and `loss` are as in `fedavg`.

@@ -113,7 +113,8 @@ def pfedme(
         gradient); a float is SGD's η; its state restarts every round.
       server_optimizer: the server's optimizer of w_g on minus the mean delta; a float is β
         (1.0: plain averaging; β > 1 the paper's extrapolation).
-      class_weights, loss: as in `fedavg` (the inner steps minimise that loss).
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg` (the inner steps minimise it).
 
     Raises:
       AlgorithmError: λ <= 0, K not an integer >= 1, ν <= 0, ν·λ >= 2, a bad optimizer or
@@ -233,7 +234,9 @@ def perfedavg(
       local_optimizer: β's optimizer, applied to the meta-gradient; a float is SGD's β. (The
         CLI's `local_optimizer=<lr>` is therefore β; α stays a plain step size, as in MAML.)
         Its state restarts every round.
-      server_optimizer, class_weights, loss: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: an unknown variant, α < 0, a bad optimizer or an unknown loss.

@@ -103,8 +103,10 @@ def apfl(
       adapt_alpha: learn α (False: α stays `alpha`).
       alpha_lr: η_α > 0, the learning rate of α; default: `local_optimizer` when it is a
         learning rate (the paper's one η), required when it is an optax transformation.
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg` (the local
-        optimizer trains both w and v).
+      local_optimizer: as in `fedavg`; it trains both w and v.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: α outside [0, 1], a bad `alpha_lr` (or none with an optax local
@@ -259,7 +261,10 @@ def fedala(
         or True for all); the others take g at the start of a round.
       eta: η >= 0, the learning rate of W (the paper's default 1.0; 0 fixes W = 1).
       sample: the share s ∈ (0, 1] of the rows that W's pass sees (the paper's s = 80%).
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: `mix` selects nothing, η < 0, `sample` outside (0, 1], a bad optimizer or

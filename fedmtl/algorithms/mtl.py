@@ -102,8 +102,10 @@ def mocha(
         eigenvalues, and so Ω_tt, by sqrt(1 + 1/eps) (about 32 at the default): plain SGD
         steps stay stable while lr · (λ₁ · sqrt(1 + 1/eps) + λ₂) < 2, so a large λ₁ needs a
         smaller learning rate or a larger eps (a run that diverges stops with a named error).
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg` (the server
-        optimizer moves the body).
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`; it moves the body.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
       name: the name in reports.
 
     Raises:
@@ -235,7 +237,9 @@ def ditto(
       lam: λ >= 0.
       local_optimizer: the optimizer of w's local steps (a float: SGD's learning rate).
       personal_optimizer: the optimizer of v (default: the same as `local_optimizer`).
-      server_optimizer, class_weights, loss: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Example:
       >>> algo = ditto(MLP(60, [64], 10, rngs=nnx.Rngs(0)), lam=0.1)

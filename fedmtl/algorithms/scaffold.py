@@ -85,8 +85,10 @@ def scaffold(
       local_optimizer: the local learning rate η_l > 0 (plain SGD: option II needs η_l, so
         no optax transformation).
       server_optimizer: the server's optimizer of x (a float: SGD with learning rate η_g).
-      class_weights, loss: as in `fedavg`. Fine-tuning before testing takes plain local SGD
-        steps (no correction).
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
+
+    Fine-tuning before testing takes plain local SGD steps (no correction).
 
     Raises:
       AlgorithmError: a local optimizer that is not a finite learning rate > 0 (an optax

@@ -93,13 +93,21 @@ def fedper(
     class_weights=None,
     loss: str | None = None,
 ) -> Algorithm:
-    """FedPer (Arivazhagan et al., 2019): the body is federated like FedAvg while each node
-    keeps its own head, trained jointly with the body and never sent to the server.
+    """FedPer (Arivazhagan, Aggarwal, Singh, Choudhary, "Federated Learning with
+    Personalization Layers", arXiv 1912.00818, 2019): the body is federated like FedAvg while
+    each node keeps its own head, trained jointly with the body and never sent to the server.
+
+    Node t trains (φ, h_t) jointly for E epochs from (φ^r, h_t); the server sets
+    φ^{r+1} = φ^r + Σ_t n_t (φ_t − φ^r) / Σ_t n_t (through `server_optimizer`); h_t never
+    leaves the node. Node t's model is (φ, h_t).
 
     Args:
       module: the model.
       personal: path filter of the personal parameters (default: those under "head").
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: `personal` leaves nothing shared (e.g. `LogisticRegression`, whose only
@@ -132,7 +140,10 @@ def lg_fedavg(
       module: the model.
       personal: path filter of the local representation; default: every parameter outside
         "head" (the body and any normalization layers beside it).
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: nothing shared (a module without a "head": local training) or nothing
@@ -173,7 +184,10 @@ def fedbn(
         `models.build(..., norm="layer")`).
       personal: path filter of the personal parameters; default (None): the parameters of
         every normalization layer of `module` (`NORMALIZATION_LAYERS`, found by type).
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`.
+      local_optimizer: as in `fedavg`.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: `module` has no normalization layers (fedbn would be FedAvg), or an
@@ -257,8 +271,11 @@ def fedrep(
         the representation, which is our default E; PFLlib's plocal_steps defaults to 1,
         FL-bench trains the head for all but the last `train_body_epoch` epochs). 0 trains
         the body alone with each node's head at its initial value.
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg` (one local
-        optimizer for the head and the body, each part with its own state).
+      local_optimizer: as in `fedavg`; one local optimizer for the head and the
+        body, each part with its own state.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: head_epochs not an integer >= 0; `personal` leaves nothing shared or
@@ -326,8 +343,10 @@ def fedbabu(
     Args:
       module: the model; its head's initial values are the frozen head.
       personal: path filter of the frozen head (default: the parameters under "head").
-      local_optimizer, server_optimizer, class_weights, loss: as in `fedavg`; fine-tuning
-        uses the local optimizer too.
+      local_optimizer: as in `fedavg`; fine-tuning uses it too.
+      server_optimizer: as in `fedavg`.
+      class_weights: as in `fedavg`.
+      loss: as in `fedavg`.
 
     Raises:
       AlgorithmError: `personal` leaves nothing shared or nothing frozen; a bad optimizer or
