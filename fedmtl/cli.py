@@ -4,28 +4,27 @@ and compare, per node, the global, the personalized and each node's own local mo
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import inspect
+import shutil
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from fedmtl import __version__, models
+from fedmtl import __version__, configs, learning_curves, plots, progress, tycoon
 from fedmtl import algorithms as algos
-from fedmtl.cli_common import CliError, _Parser, bounded
-from fedmtl.cli_federation import (
+from fedmtl.cli_arguments import (  # noqa: F401  (load_data, DEFAULT_*: the CLI's API)
+    DATASETS,
+    DEFAULT_LR,
+    DEFAULT_ROUNDS,
+    add_data_arguments,
+    add_output_arguments,
+    add_training_arguments,
+    build_algorithms,
+    load_data,
+)
+from fedmtl.cli_common import CliError, _Parser
+from fedmtl.cli_federation import (  # noqa: F401  (federation, robustness: the CLI's API)
     add_robustness_arguments,
     add_systems_arguments,
     check_robustness_options,
@@ -38,199 +37,11 @@ from fedmtl.cli_federation import (
     systems_line,
 )
 from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, privacy_line
-from fedmtl.data import FederatedData
-from fedmtl.experiment import compare
-from fedmtl.objectives import HIGHER_IS_BETTER, LOSSES, balanced_class_weights
+from fedmtl.cli_tooling import TRAINING, add_tooling_commands, argv_or_sys, with_config
+from fedmtl.experiment import Checkpointing, compare
+from fedmtl.objectives import HIGHER_IS_BETTER
 from fedmtl.output import ResultsFolder, check_writable
 from fedmtl.report import format_metric, headline_metrics, print_report, summarize
-
-DEFAULT_ROUNDS = 50
-# Learning rates that train every data set at the other defaults: turbofan's end-of-life
-# cycles have extreme features (|x|^2 up to ~270), on which SGD at 0.05 diverges.
-DEFAULT_LR = {"turbofan": 0.01, "other data sets": 0.05}
-DATASETS = ("synthetic", "synthetic-iid", "turbofan", "vehicle", "har", "har-sitting")
-
-
-
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=DATASETS,
-                   help="federated data set (default: synthetic, i.e. Synthetic(alpha, beta))")
-    g.add_argument("--alpha", type=bounded(float, minimum=0), default=1.0,
-                   help="Synthetic: std of the per-node model means (default 1)")
-    g.add_argument("--beta", type=bounded(float, minimum=0), default=1.0,
-                   help="Synthetic: std of the per-node feature means (default 1)")
-    g.add_argument("--nodes", type=bounded(int, minimum=1), default=30,
-                   help="Synthetic: nodes (default 30)")
-    g.add_argument("--max-node-size", type=bounded(int, minimum=1), default=None,
-                   help="Synthetic: cap on examples per node (default: none)")
-    g.add_argument("--test-fraction", type=bounded(float, above=0, below=1), default=0.25,
-                   help="per-node test share, in (0, 1) (default 0.25)")
-    g.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the data sets (default: $FEDMTL_DATA or ~/.fedmtl/data)")
-
-
-def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--model", default="mlp", choices=("mlp", "logreg", "linear", "conv1d"),
-                   help="built-in model; the MLP's output layer is its 'head' (default mlp); "
-                   "logreg is a head alone (linear: logreg without a bias), so use them with "
-                   "local, fedavg, ditto and mocha, not fedper")
-    g.add_argument("--hidden", type=bounded(int, minimum=1), nargs="+", default=[64],
-                   help="MLP hidden sizes (default 64)")
-    g.add_argument("--norm", choices=("none", "layer"), default="none",
-                   help="layer: a LayerNorm after each hidden layer of mlp / conv of conv1d "
-                   "(FedBN's personal parameters; default none)")
-    g.add_argument("--rounds", type=bounded(int, minimum=0), default=DEFAULT_ROUNDS,
-                   help=f"rounds (default {DEFAULT_ROUNDS})")
-    g.add_argument("--cohort-size", type=bounded(int, minimum=1), default=None,
-                   help="nodes sampled per round (default: all)")
-    g.add_argument("--local-epochs", type=bounded(int, minimum=1), default=1, help="default 1")
-    g.add_argument("--batch-size", type=bounded(int, minimum=1), default=10, help="default 10")
-    g.add_argument("--lr", type=bounded(float, above=0), default=None,
-                   help="local SGD learning rate (default: the data set's, "
-                   + ", ".join(f"{v} for {k}" for k, v in DEFAULT_LR.items()) + ")")
-    g.add_argument("--server-lr", type=bounded(float, above=0), default=None,
-                   help="server learning rate on the averaged delta (default: each "
-                   "algorithm's own, 1 for FedAvg's plain average)")
-    g.add_argument("--param", action="append", default=[], metavar="ALGORITHM.KEY=VALUE",
-                   help="an algorithm's own hyper-parameter, e.g. fedprox.mu=0.1 or "
-                   "ifca.clusters=3 (repeatable; each factory's docstring lists its own)")
-    g.add_argument("--finetune-steps", type=bounded(int, minimum=0), default=5,
-                   help="local steps that personalize a global model before testing "
-                   "(default 5; 0 disables)")
-    g.add_argument("--loss", choices=LOSSES, default=None,
-                   help="training loss: cross_entropy (default for classification), hinge "
-                   "(Crammer-Singer; the binary SVM on 2 outputs, MOCHA's setting) or squared "
-                   "(the only one for regression)")
-    g.add_argument("--class-weights", choices=("none", "balanced"), default="none",
-                   help="weigh the training loss by class: balanced = n / (C n_c) over all "
-                   "train rows, for rare classes (default none)")
-    g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
-    g.add_argument("--devices", type=bounded(int, minimum=1), default=None, metavar="D",
-                   help="spread the nodes over the first D devices (default: every device; "
-                   "on a CPU one per core, see docs/scale.md); results do not depend on it")
-
-
-def add_output_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=Path("results"),
-                   help="folder for results.json and per_node.csv (default ./results)")
-    g.add_argument("--show-nodes", type=bounded(int, minimum=-1), default=10,
-                   help="nodes shown in the per-node table (default 10; -1: all)")
-
-
-def load_data(args) -> FederatedData:
-    """The data set named by --dataset; regression targets are standardized (train mean and
-    std over all nodes), so every data set trains at the default options, and
-    `Engine.evaluate` reports their metrics in the raw units (e.g. cycles)."""
-    name = args.dataset
-    if name in ("synthetic", "synthetic-iid"):
-        from fedmtl.synthetic import synthetic
-
-        return synthetic(args.alpha, args.beta, num_nodes=args.nodes, iid=name.endswith("iid"),
-                         max_size=args.max_node_size, test_fraction=args.test_fraction,
-                         seed=args.seed)
-    from fedmtl import datasets
-
-    if name == "turbofan":
-        data = datasets.turbofan(seed=args.seed, data_dir=args.data_dir).data
-    elif name == "vehicle":
-        data = datasets.vehicle(test_fraction=args.test_fraction, seed=args.seed,
-                                data_dir=args.data_dir)
-    else:
-        task = "sitting" if name == "har-sitting" else "activity"
-        features = "raw" if args.model == "conv1d" else "stats"
-        data = datasets.har(task, features, test_fraction=args.test_fraction, seed=args.seed,
-                            data_dir=args.data_dir)
-    return data.standardize_targets() if data.task == "regression" else data
-
-
-def parse_params(items: list[str], names: list[str]) -> dict[str, dict]:
-    """`--param ALGORITHM.KEY=VALUE` options as {algorithm: {key: value}}; VALUE is a Python
-    literal (0.1, 3, True, 'head') or else taken as a string.
-
-    Raises:
-      CliError: a malformed item, an algorithm not in the run, or a keyword its factory does
-        not take (the message lists the ones it does).
-    """
-    params: dict[str, dict] = {}
-    for item in items:
-        head, sep, raw = item.partition("=")
-        algorithm, dot, key = head.strip().partition(".")
-        if not (sep and dot and algorithm and key):
-            raise CliError(f"--param {item!r}: expected ALGORITHM.KEY=VALUE, e.g. fedprox.mu=0.1")
-        if algorithm not in names:
-            raise CliError(f"--param {item!r}: {algorithm} is not among the algorithms run "
-                           f"({', '.join(names)})")
-        accepted = list(keyword_defaults(algorithm))
-        if key not in accepted:
-            raise CliError(f"--param {item!r}: {algorithm} takes no {key!r}; it takes "
-                           f"{', '.join(accepted)}")
-        try:
-            value = ast.literal_eval(raw.strip())
-        except (ValueError, SyntaxError):
-            value = raw.strip()
-        params.setdefault(algorithm, {})[key] = value
-    return params
-
-
-def keyword_defaults(name: str) -> dict:
-    """{keyword: default} of algorithm `name`'s factory (its keyword-only arguments)."""
-    signature = inspect.signature(algos.ALGORITHMS[name]).parameters.values()
-    return {p.name: p.default for p in signature if p.kind is p.KEYWORD_ONLY}
-
-
-def hyperparameters(name: str, given: dict) -> dict:
-    """Every keyword of algorithm `name`'s factory as it was built: `given` over the defaults
-    (class weights, an array, are recorded by the --class-weights option instead)."""
-    resolved = {**keyword_defaults(name), **given}
-    plain = lambda v: v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
-    return {k: plain(v) for k, v in resolved.items() if k != "class_weights"}
-
-
-def build_algorithms(names: list[str], data: FederatedData, args,
-                     optional: frozenset = frozenset(), notes: list | None = None,
-                     resolved: dict | None = None) -> list[algos.Algorithm]:
-    """Each named algorithm on a fresh copy of the model, with the run's options.
-
-    Args:
-      optional: names that are left out, with a line in `notes`, when they do not apply to
-        the model (their factory raises `AlgorithmError`, e.g. FedPer on a model without a
-        body): what `--algorithms all` runs.
-      resolved: filled with each built algorithm's `hyperparameters`.
-    """
-    unknown = [n for n in names if n not in algos.ALGORITHMS]
-    if unknown:
-        raise CliError(f"unknown algorithm(s) {', '.join(unknown)}; "
-                       f"choose from {', '.join(algos.ALGORITHMS)} or all")
-    if data.task == "regression" and args.loss not in (None, "squared"):
-        raise CliError(f"--loss {args.loss} is for classification; {args.dataset} is regression "
-                       "(use squared, the default)")
-    if args.class_weights == "balanced" and data.task != "classification":
-        raise CliError("--class-weights balanced needs a classification task")
-    params = parse_params(args.param, names)
-    outputs = data.num_classes or 1
-    result = []
-    for name in names:
-        module = models.build(args.model, data.feature_shape, outputs, seed=args.seed,
-                              hidden=args.hidden, norm=None if args.norm == "none" else args.norm)
-        kwargs = {"local_optimizer": args.lr, "loss": args.loss}
-        if args.class_weights == "balanced":
-            kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
-        if name != "local" and args.server_lr is not None:
-            kwargs["server_optimizer"] = args.server_lr
-        given = {**kwargs, **params.get(name, {})}
-        try:
-            result.append(algos.ALGORITHMS[name](module, **given))
-            if resolved is not None:
-                resolved[result[-1].name] = hyperparameters(name, given)
-        except algos.AlgorithmError as e:
-            if name not in optional:
-                raise
-            if notes is not None:
-                notes.append(f"{name} left out: {e}")
-    return result
 
 
 def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None,
@@ -238,9 +49,10 @@ def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | No
     """Every option of the run, defaults included, plus what they resolved to (the output
     folder is left out: it says where the results went, not how they were made), each
     algorithm's hyper-parameters (`resolved`, from `build_algorithms`) and the robust rule
-    and attack with their parameters (`robustness_record`, from `robustness`)."""
+    and attack with their parameters (`robustness_record`, from `robustness`). Options that
+    only show or place the run (`configs.PRESENTATION`) are left out too."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-               if k not in ("func", "out")}
+               if k not in ("func", *configs.PRESENTATION)}
     model = algorithms[0].model
     return {
         "options": options,
@@ -251,23 +63,6 @@ def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | No
                   "norm": args.norm,
                   "parameters": model.num_params()},
     }
-
-
-class RateColumn(ProgressColumn):
-    """Rounds per second of one algorithm's bar."""
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.2f} rounds/s", style="progress.data.speed")
-
-
-def progress_bars(console: Console) -> Progress:
-    """One bar per algorithm; each bar's clock starts when its algorithm starts compiling."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), console=console, transient=False,
-    )
 
 
 def takeaway(comparison) -> str | None:
@@ -293,10 +88,34 @@ def takeaway(comparison) -> str | None:
             f"{100 * best['beats_local']:.0f}% of nodes.")
 
 
+def display(args, console: Console, names: list[str], rounds: int, metric: str):
+    """How the run shows its progress: bars, nothing (--quiet) or JSON lines (--json-lines)."""
+    if args.quiet:
+        return progress.Quiet()
+    if args.json_lines:
+        return progress.JsonLines(rounds, metric)
+    return progress.Bars(console, names, rounds, metric)
+
+
+def check_tooling_options(args) -> None:
+    """The optional parts a run's options need, before any data is loaded."""
+    if args.plots and not plots.available():
+        raise CliError("--plots needs matplotlib: pip install 'fedmtl[plots]'")
+    if args.tensorboard and not learning_curves.tensorboard_available():
+        raise CliError("--tensorboard needs tensorboardX: pip install 'fedmtl[tensorboard]'")
+
+
 def run_comparison(names: list[str], args, console: Console) -> int:
+    """`fedmtl run` / `fedmtl compare`: train, write the results folder, report."""
     folder = check_writable(args.out)  # before any data is loaded or model trained
+    if args.json_lines:  # stdout carries the progress events only
+        console = Console(stderr=True)
+    elif args.quiet:
+        console = Console(quiet=True)
+    check_tooling_options(args)
     if args.lr is None:
         args.lr = DEFAULT_LR.get(args.dataset, DEFAULT_LR["other data sets"])
+    options = configs.resolved(args, args.command)  # what config.toml records
     every = "all" in names
     if every:  # every algorithm of the library, in the registry's order
         names = list(dict.fromkeys([*algos.ALGORITHMS, *(n for n in names if n != "all")]))
@@ -320,39 +139,41 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     console.print(f"[bold]data[/]: {args.dataset}: {data.summary()}")
     if robustness_line(record):
         console.print(f"[bold]robustness[/]: {robustness_line(record)}")
+    resume = args.resume is not None
+    checkpointing = None
+    if args.checkpoint_every is not None or resume:
+        checkpointing = Checkpointing(folder / "checkpoints", args.checkpoint_every, resume,
+                                      configs.fingerprint(options))
+    if not resume:  # a fresh run: an earlier run's checkpoints are not this run's
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved, record),
-                                 sys.argv[1:])
+                                 sys.argv[1:], config_toml=configs.dumps(options),
+                                 tensorboard=args.tensorboard, resumed=resume)
     # results.json records the federation; its aggregator and attack hold functions
     as_recorded = lambda c: dataclasses.replace(c, federation=recorded(c.federation, record))
+    metric = headline_metrics(data.task, data.num_classes)[0]
     try:
-        with progress_bars(console) as progress:
-            tasks = {a.name: progress.add_task(a.name, total=fed.rounds, metrics="waiting",
-                                               start=False) for a in algorithms}
-
+        with display(args, console, [a.name for a in algorithms], fed.rounds, metric) as shown:
             running = []
 
             def on_start(name):
                 running.append(name)
-                progress.start_task(tasks[name])
-                progress.update(tasks[name], metrics="compiling…")
-
-            def callback(name, round_done, metrics):
-                progress.update(tasks[name], completed=round_done,
-                                metrics=f"train loss {metrics['train_loss']:.4f}")
+                shown.start(name)
 
             def on_done(so_far):
                 name = running[-1]
-                failed = any(f.name == name for f in so_far.failures)
-                progress.update(tasks[name], metrics="[red]failed[/]" if failed else "done")
-                progress.stop_task(tasks[name])
+                found = next(x for x in (*so_far.results, *so_far.failures) if x.name == name)
+                shown.done(name, found in so_far.failures, found.seconds)
                 results.update(as_recorded(so_far))
 
-            comparison = compare(algorithms, data, fed, callback, on_start=on_start,
-                                 on_done=on_done)
+            comparison = compare(algorithms, data, fed, shown.update, on_start=on_start,
+                                 on_done=on_done, checkpointing=checkpointing)
     except BaseException:
         results.close(status="interrupted")
         raise
     paths = results.close(as_recorded(comparison))
+    if args.plots:
+        paths += plots.plot_results(folder)
     if comparison.results:
         print_report(comparison, console, args.show_nodes)
         line = takeaway(comparison)
@@ -375,7 +196,6 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                        f"({', '.join(f.name for f in comparison.failures)}); the others' "
                        f"results are in {folder}")
     return 0
-
 
 def algorithm_list() -> str:
     """The registry, one line per algorithm (for --help)."""
@@ -431,13 +251,19 @@ def make_parser() -> argparse.ArgumentParser:
         add_robustness_arguments(p)
         add_privacy_arguments(p)
         add_output_arguments(p)
-    try:
-        from fedmtl import tycoon
-    except ImportError:  # the maintenance study is optional while it is being built
-        tycoon = None
-    if tycoon is not None:
-        tycoon.add_parser(sub)
+    tycoon.add_parser(sub)
+    add_tooling_commands(sub, train, parser)
     return parser
+
+
+def train(args, console: Console) -> int:
+    """`fedmtl run` or `fedmtl compare` with parsed (and config-resolved) `args`."""
+    if args.command == "run":
+        return run_comparison([args.algorithm], args, console)
+    names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
+    if not names:
+        raise CliError("--algorithms is empty")
+    return run_comparison(names, args, console)
 
 
 def _one_line(error: BaseException) -> str:
@@ -455,13 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:  # a newcomer's first call: say what there is
             parser.print_help()
             return 0
-        if args.command == "run":
-            return run_comparison([args.algorithm], args, console)
-        if args.command == "compare":
-            names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
-            if not names:
-                raise CliError("--algorithms is empty")
-            return run_comparison(names, args, console)
+        if args.command in TRAINING:
+            return train(with_config(parser, args, argv_or_sys(argv)), console)
         return args.func(args, console)
     except CliError as e:
         print(f"fedmtl: error: {e}", file=sys.stderr)

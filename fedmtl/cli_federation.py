@@ -255,7 +255,7 @@ def federation(args, num_nodes: int) -> Federation:
         rounds_per_sync=max(1, min(10, args.rounds // 10 or 1)),
         systems=systems(args, num_nodes), aggregator=aggregator, attack=attack,
         privacy=privacy(args), secure_aggregation=secure_aggregation(args),
-        devices=args.devices,
+        devices=args.devices, eval_every=getattr(args, "eval_every", 0),
     )
 
 

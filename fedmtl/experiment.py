@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from fedmtl.algorithms import Algorithm
 from fedmtl.data import FederatedData
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
+from fedmtl.engine.state import _concat
 from fedmtl.models import check_model
 
 
@@ -93,14 +95,61 @@ class Comparison:
         return [r.name for r in self.results]
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """Where `compare` saves each algorithm's run (`fedmtl.checkpoints`, orbax) and whether
+    it resumes from what is there.
+
+    Attributes:
+      directory: one subfolder per algorithm.
+      every: save after every `every`-th round as well as at the end (None: at the end only).
+      resume: continue each algorithm from its newest checkpoint (an algorithm saved at its
+        last round is only evaluated again); without, earlier checkpoints are ignored and
+        overwritten.
+      fingerprint: what the run is (e.g. `configs.fingerprint` of its options); a checkpoint
+        saved under another fingerprint is refused.
+    """
+
+    directory: Path
+    every: int | None = None
+    resume: bool = False
+    fingerprint: str = ""
+
+
 def run_algorithm(
     algorithm: Algorithm, data: FederatedData, federation: Federation,
     callback: Callable[[int, dict], None] | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> AlgorithmResult:
-    """Trains `algorithm` for `federation.rounds` rounds and evaluates every node."""
+    """Trains `algorithm` for `federation.rounds` rounds and evaluates every node; with
+    `checkpointing`, saves the run as it goes (and resumes it), with results equal to an
+    uninterrupted run's."""
     start = time.perf_counter()
     engine = Engine(algorithm, data, federation)
-    state, history = engine.run(engine.init(), callback=callback)
+    state, earlier = engine.init(), {}
+    saver, meta = None, {"algorithm": algorithm.name}
+    if checkpointing is not None:
+        from fedmtl.checkpoints import CheckpointError, Checkpoints
+
+        saver = Checkpoints(Path(checkpointing.directory) / algorithm.name)
+        meta["fingerprint"] = checkpointing.fingerprint
+        if checkpointing.resume and saver.latest() is not None:
+            state, earlier, found = saver.restore(state)
+            if found != meta:
+                raise CheckpointError(
+                    f"{saver.directory}: the checkpoint is of another run ({found}), not of "
+                    f"this one ({meta}); start afresh without resuming")
+    whole = lambda later: _concat([h for h in (earlier, later) if h])
+    every = None if saver is None else max(1, checkpointing.every or federation.rounds)
+    try:
+        state, history = engine.run(
+            state, federation.rounds - int(state.round), callback=callback,
+            checkpoint_every=every, on_checkpoint=None if saver is None else (
+                lambda s, h: saver.save(s, whole(h), meta)))
+    finally:
+        if saver is not None:
+            saver.close()
+    history = whole(history)
     per_node = engine.evaluate(state)
     extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(state.server))
     return AlgorithmResult(
@@ -116,6 +165,7 @@ def compare(
     callback: Callable[[str, int, dict], None] | None = None, *,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[Comparison], None] | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> Comparison:
     """Runs each algorithm on the same data with the same federation (and so the same seed).
 
@@ -128,6 +178,7 @@ def compare(
       on_start: called with an algorithm's name before it is built and compiled.
       on_done: called with the comparison so far each time an algorithm finishes or fails
         (e.g. to write its results at once).
+      checkpointing: save (and resume) each algorithm's run (`Checkpointing`).
     """
     names = [a.name for a in algorithms]
     if len(set(names)) != len(names):
@@ -141,7 +192,8 @@ def compare(
         hook = None if callback is None else (lambda r, m, n=algo.name: callback(n, r, m))
         start = time.perf_counter()
         try:
-            done = {"results": (*comparison.results, run_algorithm(algo, data, federation, hook))}
+            done = {"results": (*comparison.results, run_algorithm(algo, data, federation, hook,
+                                                                  checkpointing))}
         except DivergenceError as e:
             failure = Failure(algo.name, str(e), time.perf_counter() - start)
             done = {"failures": (*comparison.failures, failure)}

@@ -3,9 +3,11 @@ half-written, readable by colleagues, and enough to reproduce the run.
 
 A folder holds `results.json` (resolved configuration, summaries, histories: the same bytes for
 two runs of the same seed), `per_node.csv` (every node's test metrics; binary tasks add
-balanced accuracy and ROC AUC, an empty cell where a metric is undefined) and `run.json`
-(status, timestamps, wall times, package versions, device, git commit). Until the run completes
-both JSON files say `"status": "in progress"`.
+balanced accuracy and ROC AUC, an empty cell where a metric is undefined), `run.json`
+(status, timestamps, wall times, package versions, device, git commit), with the CLI
+`config.toml` (the run's resolved options: `fedmtl rerun`), with learning curves
+`curves.jsonl` (`fedmtl.learning_curves`), and optionally `tensorboard/`, `plots/` and
+`checkpoints/`. Until the run completes both JSON files say `"status": "in progress"`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmtl import plots
+from fedmtl import learning_curves, plots
 from fedmtl.experiment import Comparison
 from fedmtl.objectives import metrics as task_metrics
 from fedmtl.report import columns, summarize
 
 RESULTS, PER_NODE, RUN = "results.json", "per_node.csv", "run.json"
-PACKAGES = ("fedmtl", "jax", "jaxlib", "flax", "optax", "numpy", "rich")
+CURVES, CONFIG = learning_curves.CURVES, "config.toml"
+PACKAGES = ("fedmtl", "jax", "jaxlib", "flax", "optax", "numpy", "rich", "orbax-checkpoint")
 
 
 class OutputError(OSError):
@@ -133,7 +137,8 @@ def to_json(comparison: Comparison, config: dict | None = None,
         r.name: {
             "status": "complete",
             "real_share": r.real_share,
-            "history": {k: _plain(np.asarray(v)) for k, v in r.history.items()},
+            "history": {k: _plain(np.asarray(v)) for k, v in r.history.items()
+                        if not k.startswith("eval")},  # learning curves: curves.jsonl
             "extras": sorted(f"{r.name}_{key}.json" for key in r.extras),
             **({"privacy": _plain(r.privacy)} if r.privacy else {}),
         }
@@ -242,18 +247,27 @@ class ResultsFolder:
       >>> folder.close(comparison)
     """
 
-    def __init__(self, path: Path, config: dict, run: dict):
+    def __init__(self, path: Path, config: dict, run: dict, tensorboard: bool = False):
         self.path, self.config, self._run = Path(path), config, run
+        self.tensorboard = tensorboard
         self._last: Comparison | None = None
 
     @classmethod
-    def open(cls, path, config: dict | None = None, command: list[str] | None = None):
+    def open(cls, path, config: dict | None = None, command: list[str] | None = None, *,
+             config_toml: str | None = None, tensorboard: bool = False, resumed: bool = False):
+        """Checks and claims the folder; writes `config_toml` (the run's options) when given.
+        `tensorboard`: also write TensorBoard scalars (tensorboardX) into tensorboard/;
+        `resumed`: run.json records that this run continues an earlier one's checkpoints."""
         path = check_writable(Path(path))
-        for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN):
+        for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN, CURVES):
             (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "plots", ignore_errors=True)  # figures of an earlier run
         run = {"status": "in progress", "started": _now(), "finished": None,
-               "command": command, "seconds": {}, "environment": environment()}
-        folder = cls(path, config or {}, run)
+               "command": command, "resumed": resumed, "seconds": {},
+               "environment": environment()}
+        if config_toml is not None:
+            atomic_write(path / CONFIG, config_toml)
+        folder = cls(path, config or {}, run, tensorboard)
         folder._write_run()
         return folder
 
@@ -261,18 +275,26 @@ class ResultsFolder:
         atomic_write(self.path / RUN, json.dumps(self._run, indent=2) + "\n")
 
     def update(self, comparison: Comparison, status: str = "in progress") -> list[Path]:
-        """Writes results.json and per_node.csv for what has finished; returns their paths."""
+        """Writes results.json, per_node.csv (and curves.jsonl, TensorBoard scalars) for what
+        has finished; returns the paths."""
         self._last = comparison
         doc = to_json(comparison, self.config, status)
         atomic_write(self.path / RESULTS, json.dumps(doc, indent=2) + "\n")
         atomic_write(self.path / PER_NODE, per_node_csv(comparison))
+        paths = [self.path / RESULTS, self.path / PER_NODE, self.path / RUN]
+        curves = learning_curves.jsonl(comparison)
+        if curves:
+            atomic_write(self.path / CURVES, curves)
+            paths.append(self.path / CURVES)
         for result in comparison.results:
             write_extras(result, comparison.data.names, self.path)
+            if self.tensorboard:
+                learning_curves.write_tensorboard(result, self.path / "tensorboard")
         self._run["seconds"] = {**{r.name: r.seconds for r in comparison.results},
                                 **{f.name: f.seconds for f in comparison.failures}}
         self._run["status"] = status
         self._write_run()
-        return [self.path / RESULTS, self.path / PER_NODE, self.path / RUN]
+        return paths
 
     def close(self, comparison: Comparison | None = None, status: str = "complete"):
         """Marks the run `status` ("complete", "interrupted", ...) with its final results

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from fedmtl import algorithms as algos
 from fedmtl import models
-from fedmtl.cli import bounded
+from fedmtl.cli_common import bounded
 from fedmtl.data import FederatedData
 from fedmtl.datasets.turbofan import Engine as Trajectory
 from fedmtl.datasets.turbofan import TurbofanStudy, turbofan

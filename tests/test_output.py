@@ -158,8 +158,8 @@ def test_killed_run_leaves_no_earlier_results_looking_valid(tmp_path, monkeypatc
     assert cli.main(["compare", *TINY, "--out", str(out)]) == 0  # a complete earlier run
     real = cli.compare
 
-    def killed_after_first(algorithms, data, fed, callback, *, on_start, on_done):
-        real(algorithms[:1], data, fed, callback, on_start=on_start, on_done=on_done)
+    def killed_after_first(algorithms, data, fed, callback, **hooks):
+        real(algorithms[:1], data, fed, callback, **hooks)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "compare", killed_after_first)

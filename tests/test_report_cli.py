@@ -13,7 +13,7 @@ from cli_checks import assert_one_line_error
 from rich.console import Console
 
 import fedmtl
-from fedmtl import cli, report
+from fedmtl import cli, progress, report
 from fedmtl.data import FederatedData
 from fedmtl.engine import Federation
 from fedmtl.experiment import AlgorithmResult, Comparison
@@ -275,11 +275,10 @@ def test_cli_help_describes_the_command_and_explains_the_table(command, capsys):
 
 def test_each_progress_bar_times_its_own_algorithm(tmp_path, monkeypatch):
     bars = []
-    real = cli.progress_bars
-    monkeypatch.setattr(cli, "progress_bars", lambda console: bars.append(real(console)) or
-                        bars[-1])
+    real = progress.Bars
+    monkeypatch.setattr(progress, "Bars", lambda *a: bars.append(real(*a)) or bars[-1])
     assert cli.main(["compare", *TINY, "--out", str(tmp_path)]) == 0
-    tasks = bars[0].tasks
+    tasks = bars[0].progress.tasks
     assert [t.description for t in tasks] == ["local", "fedavg", "fedper"]
     for before, after in zip(tasks, tasks[1:], strict=False):
         # a bar's clock starts when its algorithm starts, after the previous one stopped
