@@ -16,6 +16,24 @@ import numpy as np
 
 CHUNK_BYTES = 64 << 20
 """Rows are cast, checked and split about this many bytes at a time (bounds temporaries)."""
+ALIGNMENT = 64
+"""Byte alignment of a split's arrays: on a CPU, JAX then reads them in place, without a copy
+(`fedmtl.devices.layout`)."""
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts at a multiple of `ALIGNMENT`
+    bytes."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def is_aligned(a: np.ndarray) -> bool:
+    """Whether `a` is C-contiguous and starts at a multiple of `ALIGNMENT` bytes."""
+    return a.flags.c_contiguous and a.ctypes.data % ALIGNMENT == 0
 
 
 @dataclasses.dataclass(frozen=True)

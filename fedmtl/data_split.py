@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmtl.data_checks import FederatedDataError
-from fedmtl.data_ragged import Split, _offsets
+from fedmtl.data_ragged import Split, _offsets, aligned_empty
 
 
 def _test_counts(counts: np.ndarray, test_fraction: float, who) -> np.ndarray:
@@ -53,8 +53,9 @@ class _Splitter:
         self.parts = []
         for n in (n_test, counts - n_test):
             t = int(n.sum())
-            self.parts.append((Split(np.empty((t, *feature_shape), np.float32),
-                                     np.empty((t, *y.shape[1:]), y.dtype), n), _offsets(n)))
+            self.parts.append((Split(aligned_empty((t, *feature_shape), np.float32),
+                                     aligned_empty((t, *y.shape[1:]), y.dtype), n),
+                               _offsets(n)))
         (self.test, _), (self.train, _) = self.parts
 
     def put(self, lo: int, hi: int, x: np.ndarray, y: np.ndarray, starts=None) -> None:

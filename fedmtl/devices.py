@@ -101,14 +101,21 @@ def place(work: np.ndarray, devices: int) -> Placement:
 
 
 class Blocks(NamedTuple):
-    """One split laid out by place: device d's rows are rows d·R .. d·R + R − 1.
+    """One split laid out by place: device d's rows are rows d·R .. d·R + R − 1 of the
+    index arrays; row r's example is x[source[r]], y[source[r]].
+
+    On CPU devices (`shares_host`) x and y are the caller's arrays themselves, read in place
+    by every device (zero-copy: all CPU devices share the host's memory), and `source` holds
+    data rows. On accelerators each device holds only its rows, x [D·R, *F] split like the
+    index arrays, and `source` counts 0..R−1 on each device.
 
     Attributes:
-      x: [D·R, *F]; y: [D·R, ...] (padding rows repeat a real row's dtype, zeros).
+      x: [T, *F] (CPU) or [D·R, *F]; y: likewise [T, ...] or [D·R, ...].
       offsets: [D·B] start of each place's rows within its device's R rows.
       counts: [D·B] rows of each place (0 at empty places).
       segment: [D·R] place of each row within its device, 0..B−1 (B for padding rows).
       local: [D·R] the row's position within its node.
+      source: [D·R] the row of x holding each row's example (padding rows: any valid row).
     """
 
     x: jax.Array
@@ -117,6 +124,23 @@ class Blocks(NamedTuple):
     counts: jax.Array
     segment: jax.Array
     local: jax.Array
+    source: jax.Array
+
+    def take(self, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The examples (x, y) of device rows `rows` (any shape)."""
+        where = self.source[rows]
+        return self.x[where], self.y[where]
+
+
+def shares_host(mesh_: Mesh) -> bool:
+    """Whether every device of the mesh is a CPU device (their memory is the host's)."""
+    return all(d.platform == "cpu" for d in mesh_.devices.flat)
+
+
+def split_specs(mesh_: Mesh) -> Blocks:
+    """The `PartitionSpec` of each field of a `Blocks` laid out on `mesh_` (for shard_map)."""
+    data = P() if shares_host(mesh_) else P(AXIS)
+    return Blocks(data, data, *(P(AXIS),) * 5)
 
 
 def row_index(placement: Placement, counts: np.ndarray):
@@ -149,10 +173,25 @@ def row_index(placement: Placement, counts: np.ndarray):
     return rows, offsets, segment, local, where
 
 
+def _in_place(a: np.ndarray) -> np.ndarray:
+    """`a` as a CPU device can read in place: aligned and C-contiguous (else one copy), and
+    never empty (one zero row: gathers need a row to clamp to)."""
+    from fedmtl.data_ragged import aligned_empty, is_aligned
+
+    if not len(a):
+        a = np.zeros((1,) + a.shape[1:], a.dtype)
+    if is_aligned(a):
+        return a
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def layout(mesh_: Mesh, placement: Placement, x: np.ndarray, y: np.ndarray,
            counts: np.ndarray) -> tuple[Blocks, np.ndarray]:
-    """Lays a split (x [T, *F], y [T, ...] node after node, `counts` [N]) out by place, each
-    device's block built on the host only when that device is filled (no full host copy).
+    """Lays a split (x [T, *F], y [T, ...] node after node, `counts` [N]) out by place. On CPU
+    devices the data stays where it is (read in place, `Blocks`); on accelerators each
+    device's block is built on the host only when that device is filled (no full host copy).
     Returns (Blocks, where [T]: each data row's index in the [D·R] layout)."""
     rows, offsets, segment, local, where = row_index(placement, counts)
     width = rows.shape[1]
@@ -174,9 +213,17 @@ def layout(mesh_: Mesh, placement: Placement, x: np.ndarray, y: np.ndarray,
         a = np.asarray(a, np.int32).reshape(-1)
         return jax.make_array_from_callback(a.shape, share, lambda index: a[index])
 
-    blocks = Blocks(rows_of(x), rows_of(y), small(offsets),
+    if shares_host(mesh_):
+        whole = replicated(mesh_)
+        data = [jax.make_array_from_callback(b.shape, whole, lambda index, b=b: b[index])
+                for b in map(_in_place, (x, y))]
+        source = np.maximum(rows, 0)
+    else:
+        data = [rows_of(x), rows_of(y)]
+        source = np.broadcast_to(np.arange(width), rows.shape)
+    blocks = Blocks(*data, small(offsets),
                     small(placement.blocks(np.asarray(counts, np.int64))), small(segment),
-                    small(local))
+                    small(local), small(source))
     return blocks, where
 
 

@@ -74,7 +74,7 @@ def test_layout_holds_each_nodes_rows_on_its_device():
     counts = d.train.counts
     p = devices_lib.place(counts, mesh.devices.size)
     blocks, where = devices_lib.layout(mesh, p, d.train.x, d.train.y, counts)
-    x, y = np.asarray(blocks.x), np.asarray(blocks.y)
+    x, y = (np.asarray(a) for a in blocks.take(np.arange(len(blocks.source))))
     np.testing.assert_array_equal(x[where], d.train.x)
     np.testing.assert_array_equal(y[where], d.train.y)
     width = len(x) // p.devices
@@ -84,6 +84,24 @@ def test_layout_holds_each_nodes_rows_on_its_device():
         start = (place // p.block) * width + offsets[place]
         assert got[place] == counts[k]
         np.testing.assert_array_equal(x[start:start + counts[k]], d.train.node(k)[0])
+
+
+def test_cpu_devices_read_the_callers_data_in_place():
+    """All CPU devices share the host's memory: the engine's data is the caller's arrays (no
+    second copy of the data set), and an unaligned array is copied once, not per device."""
+    mesh = devices_lib.mesh(None)
+    d = data()
+    p = devices_lib.place(d.train.counts, mesh.devices.size)
+    blocks, _ = devices_lib.layout(mesh, p, d.train.x, d.train.y, d.train.counts)
+    for a, host in ((blocks.x, d.train.x), (blocks.y, d.train.y)):
+        assert {s.data.unsafe_buffer_pointer() for s in a.addressable_shards} == {
+            host.ctypes.data}
+    shifted = np.empty(d.train.x.size + 1, np.float32)[1:].reshape(d.train.x.shape)
+    shifted[...] = d.train.x  # 4 bytes off alignment
+    blocks, _ = devices_lib.layout(mesh, p, shifted, d.train.y, d.train.counts)
+    pointers = {s.data.unsafe_buffer_pointer() for s in blocks.x.addressable_shards}
+    assert len(pointers) == 1 and shifted.ctypes.data not in pointers
+    np.testing.assert_array_equal(np.asarray(blocks.x), d.train.x)
 
 
 def test_too_many_devices_is_a_named_error():

@@ -122,6 +122,7 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
         self.cohort, expected = systems_lib.slots(fed.systems, fed.cohort_size, self.num_real,
                                                   self.num_nodes)
         self.mesh = devices_lib.mesh(fed.devices)
+        self.split_specs = devices_lib.split_specs(self.mesh)  # how Blocks are split
         self.devices = self.mesh.devices.size
         train_counts = np.concatenate([data.train.counts, np.zeros(empty_nodes, np.int64)])
         test_counts = np.concatenate([data.test.counts, np.zeros(empty_nodes, np.int64)])
@@ -351,7 +352,8 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
 
         S, R = P(AXIS), P()
         nodes, uploads, loss, seen = self._spmd(
-            train, (S, S, R, R, R, R), (S, R, R, R))(state.nodes, tr, layout, broadcast, ids, steps)
+            train, (S, self.split_specs, R, R, R, R), (S, R, R, R))(
+                state.nodes, tr, layout, broadcast, ids, steps)
         loss, seen = jnp.sum(loss), jnp.sum(seen)
         metrics = {}
         mech = self.mechanism

@@ -24,36 +24,67 @@ class Evaluation:
     """Evaluation of `Engine` (a mixin: it reads the engine's algorithm, data, placement and
     lanes)."""
 
+    def _models_at(self, broadcast, nodes, placed, places) -> dict:
+        """{kind: (shared, personal)} of the nodes at this device's `places` [L] (leaves
+        [L, ...]), computed from the broadcast and their states when asked for: a broadcast
+        model is never stored once per node."""
+        algo = self.algorithm
+        return jax.vmap(lambda node, node_state: algo.models(for_node(broadcast, node),
+                                                              node_state))(
+            placed[places], trees.gather(nodes, places))
+
+    def _finetuned(self, broadcast, seed, nodes, tr: Blocks, placed):
+        """On one device: each place's global model after `finetune_steps` local steps
+        (leaves [B, ...]; zeros at places without training rows, which keep the global
+        model: `_personalized`), or None when nothing is fine-tuned."""
+        algo, fed = self.algorithm, self.federation
+        kinds = jax.eval_shape(lambda: self._models_at(broadcast, nodes, placed,
+                                                       jnp.zeros(1, jnp.int32)))
+        if not (fed.finetune_steps and algo.finetune and "global" in kinds):
+            return None
+        tune = algo.finetune
+        block = self.placement.block
+        steps = jnp.where(tr.counts > 0, fed.finetune_steps, 0)
+
+        def finish(out, node, place, slot, states, done):
+            return trees.scatter(out, jnp.where(done, place, block), states.params)
+
+        def start(node, place):
+            one = self._models_at(broadcast, nodes, placed, place[None])["global"]
+            return tune.init(jax.tree.map(lambda leaf: leaf[0], one))
+
+        out = jax.tree.map(lambda s: jnp.zeros((block,) + s.shape[1:], s.dtype),
+                           kinds["global"])
+        tuned, _, _ = self._train_lanes(
+            tr, placed, placed, jnp.arange(block), steps, self.finetune_lanes, start,
+            tune.step, finish, out, stream(seed, _FINETUNE), 1,
+        )
+        return tuned
+
+    def _kinds_at(self, broadcast, nodes, placed, tuned, counts, places) -> dict:
+        """Every kind's models of the nodes at `places` [L], "personalized" from `tuned`
+        (`_finetuned`) where it is not None and the node has training rows."""
+        kinds = self._models_at(broadcast, nodes, placed, places)
+        if tuned is not None:
+            kinds["personalized"] = trees.select(counts[places] > 0,
+                                                 trees.gather(tuned, places), kinds["global"])
+        return kinds
+
     def _models_here(self, broadcast, seed, nodes, tr: Blocks, layout: Layout) -> dict:
         """On one device (inside `_spmd`): {kind: (shared, personal)} of its places, leaves
         [B, ...]; a global model is also fine-tuned into "personalized" when
         `finetune_steps` > 0."""
-        algo, fed = self.algorithm, self.federation
         _, placed = self._here(layout)
-        kinds = jax.vmap(lambda node, node_state: algo.models(for_node(broadcast, node),
-                                                               node_state))(placed, nodes)
-        if fed.finetune_steps and algo.finetune and "global" in kinds:
-            tune = algo.finetune
-            block = self.placement.block
-            places = jnp.arange(block)
-            steps = jnp.where(tr.counts > 0, fed.finetune_steps, 0)
-
-            def finish(out, node, place, slot, states, done):
-                return trees.scatter(out, jnp.where(done, place, block), states.params)
-
-            start = lambda node, place: tune.init(trees.gather(kinds["global"], place))
-            kinds["personalized"], _, _ = self._train_lanes(
-                tr, placed, placed, places, steps, self.finetune_lanes, start, tune.step, finish,
-                kinds["global"], stream(seed, _FINETUNE), 1,
-            )
-        return kinds
+        tuned = self._finetuned(broadcast, seed, nodes, tr, placed)
+        return self._kinds_at(broadcast, nodes, placed, tuned, tr.counts,
+                              jnp.arange(self.placement.block))
 
     def _models(self, state: EngineState, tr: Blocks, layout: Layout) -> dict:
         """{kind: (shared, personal)} of every node in data order, leaves [N, ...]."""
         broadcast = self.algorithm.broadcast(state.server)
         nodes = self._to_places(state.nodes, layout)
         S, R = P(AXIS), P()
-        kinds = self._spmd(self._models_here, (R, R, S, S, R), S)(
+        kinds = self._spmd(self._models_here, (R, R, S, self.split_specs, R), S)(
             broadcast, state.seed, nodes, tr, layout)
         return self._replicated(self._from_places(kinds, layout))
 
@@ -68,7 +99,8 @@ class Evaluation:
         """`_evaluate_all` of a state whose nodes are by place (inside the rounds' scan)."""
         broadcast = self.algorithm.broadcast(state.server)
         S, R = P(AXIS), P()
-        out, scores = self._spmd(self._evaluate_here, (R, R, S, S, S, R), (S, S))(
+        split = self.split_specs
+        out, scores = self._spmd(self._evaluate_here, (R, R, S, split, split, R), (S, S))(
             broadcast, state.seed, state.nodes, tr, te, layout)
         out = self._from_places(out, layout)
         return {kind: finish_metrics(self.data.task, sums) for kind, sums in out.items()}, scores
@@ -87,17 +119,22 @@ class Evaluation:
         """On one device (inside `_spmd`): metric sums of its places [B] per kind, and its
         test rows' binary scores [R] per kind."""
         task, apply = self.data.task, self.algorithm.model.apply
-        kinds = self._models_here(broadcast, seed, nodes, tr, layout)
+        _, placed = self._here(layout)
+        tuned = self._finetuned(broadcast, seed, nodes, tr, placed)
+        kinds_at = lambda places: self._kinds_at(broadcast, nodes, placed, tuned, tr.counts,
+                                                 places)
         block = self.placement.block
         rows = jnp.zeros(EVAL_BATCH, jnp.int32)
+        one = jax.eval_shape(lambda: kinds_at(jnp.zeros(1, jnp.int32)))
         shapes = jax.eval_shape(lambda: metric_sums(
-            task, apply(*trees.gather(next(iter(kinds.values())), 0), te.x[rows]), te.y[rows],
-            jnp.ones(EVAL_BATCH, bool),
+            task, apply(*trees.gather(next(iter(kinds_at(jnp.zeros(1, jnp.int32)).values())),
+                                      0), te.take(rows)[0]),
+            te.take(rows)[1], jnp.ones(EVAL_BATCH, bool),
         ))
-        zeros = {kind: trees.zeros(shapes, self.eval_lanes) for kind in kinds}
+        zeros = {kind: trees.zeros(shapes, self.eval_lanes) for kind in one}
         # binary tasks: each test row's score s1 - s0 [R] per kind, for the host's exact AUC
         binary = task == "classification" and self.data.num_classes == 2
-        total = te.x.shape[0]
+        total = te.source.shape[0]  # this device's test rows
 
         def evaluate_batch(p, x, y, m):
             outputs = apply(*p, x)
@@ -111,10 +148,8 @@ class Evaluation:
             )
             mask = mask & pos.active[:, None]
             done = jnp.where(pos.active & pos.last, place, block)
-            for kind, params in kinds.items():
-                new, score = jax.vmap(evaluate_batch)(
-                    trees.gather(params, place), te.x[rows], te.y[rows], mask
-                )
+            for kind, params in kinds_at(place).items():  # the lanes' models, [L, ...]
+                new, score = jax.vmap(evaluate_batch)(params, *te.take(rows), mask)
                 kept = trees.select(pos.first, zeros[kind], sums[kind])
                 sums[kind] = jax.tree.map(jnp.add, kept, new)
                 out[kind] = trees.scatter(out[kind], done, sums[kind])
@@ -124,8 +159,8 @@ class Evaluation:
             return sums, out, scores
 
         steps = steps_per_epoch(te.counts, EVAL_BATCH)
-        out = {kind: trees.zeros(shapes, block) for kind in kinds}
-        scores = {kind: jnp.zeros(total) for kind in kinds} if binary else {}
+        out = {kind: trees.zeros(shapes, block) for kind in one}
+        scores = {kind: jnp.zeros(total) for kind in one} if binary else {}
         lanes = lanes_lib.deal(steps, self.eval_lanes)
         _, out, scores = lanes_lib.run(lanes, body, (dict(zeros), out, scores))
         return out, scores

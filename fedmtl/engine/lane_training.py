@@ -80,7 +80,7 @@ class LaneTraining:
             mask = mask & pos.active[:, None]
             keys = jax.vmap(jax.random.fold_in)(k_step[pos.slot], rotated)
             new, loss = jax.vmap(step, in_axes=(0, 0, 0, None))(
-                states, Batch(tr.x[rows], tr.y[rows], mask, epoch), keys, self.schedule.task
+                states, Batch(*tr.take(rows), mask, epoch), keys, self.schedule.task
             )
             states = trees.select(pos.active, new, states)
             seen = jnp.sum(mask, axis=1).astype(loss.dtype)
