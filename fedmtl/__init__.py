@@ -40,7 +40,16 @@ from fedmtl.algorithms import (
 )
 from fedmtl.data import FederatedData, FederatedDataError
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
-from fedmtl.experiment import AlgorithmResult, Comparison, Failure, compare, run_algorithm
+from fedmtl.experiment import (
+    AlgorithmResult,
+    Checkpointing,
+    Comparison,
+    Failure,
+    SeedComparison,
+    compare,
+    compare_seeds,
+    run_algorithm,
+)
 from fedmtl.models import MLP, Conv1D, LogisticRegression, Model, ModelDataMismatch
 from fedmtl.output import ResultsFolder, write_results
 from fedmtl.synthetic import planted_groups, synthetic
@@ -49,7 +58,8 @@ from fedmtl.systems import Systems, SystemsError
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Comparison",
+    "ALGORITHMS", "MLP", "Algorithm", "AlgorithmError", "AlgorithmResult", "Checkpointing",
+    "Comparison", "SeedComparison", "compare_seeds",
     "Conv1D", "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData",
     "FederatedDataError", "Federation", "LogisticRegression", "Model", "ModelDataMismatch",
     "PerNode", "ResultsFolder", "Systems", "SystemsError", "compare", "graph_mtl",

@@ -37,6 +37,7 @@ from fedmtl.cli_federation import (  # noqa: F401  (federation, robustness: the 
     systems_line,
 )
 from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, privacy_line
+from fedmtl.cli_seeds import seeds_of, train_seeds
 from fedmtl.cli_tooling import TRAINING, add_tooling_commands, argv_or_sys, with_config
 from fedmtl.experiment import Checkpointing, compare
 from fedmtl.objectives import HIGHER_IS_BETTER
@@ -52,7 +53,8 @@ def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | No
     and attack with their parameters (`robustness_record`, from `robustness`). Options that
     only show or place the run (`configs.PRESENTATION`) are left out too."""
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
-               if k not in ("func", *configs.PRESENTATION)}
+               if k not in ("func", *configs.PRESENTATION)
+               and not (k == "seeds" and v is None)}  # a plain run records no --seeds
     model = algorithms[0].model
     return {
         "options": options,
@@ -113,6 +115,9 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     elif args.quiet:
         console = Console(quiet=True)
     check_tooling_options(args)
+    seeds = seeds_of(args)  # None: one run
+    if seeds is None:
+        args.seeds = None  # --seeds 1 is the plain run, recorded as one
     if args.lr is None:
         args.lr = DEFAULT_LR.get(args.dataset, DEFAULT_LR["other data sets"])
     options = configs.resolved(args, args.command)  # what config.toml records
@@ -146,12 +151,16 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                                       configs.fingerprint(options))
     if not resume:  # a fresh run: an earlier run's checkpoints are not this run's
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    results = ResultsFolder.open(folder, resolved_config(args, algorithms, resolved, record),
-                                 sys.argv[1:], config_toml=configs.dumps(options),
+    config = resolved_config(args, algorithms, resolved, record)
+    metric = headline_metrics(data.task, data.num_classes)[0]
+    if seeds is not None:
+        shown = display(args, console, [a.name for a in algorithms], fed.rounds, metric)
+        return train_seeds(args, console, shown, seeds, data, algorithms, fed, record, config,
+                           configs.dumps(options))
+    results = ResultsFolder.open(folder, config, sys.argv[1:], config_toml=configs.dumps(options),
                                  tensorboard=args.tensorboard, resumed=resume)
     # results.json records the federation; its aggregator and attack hold functions
     as_recorded = lambda c: dataclasses.replace(c, federation=recorded(c.federation, record))
-    metric = headline_metrics(data.task, data.num_classes)[0]
     try:
         with display(args, console, [a.name for a in algorithms], fed.rounds, metric) as shown:
             running = []
@@ -219,7 +228,9 @@ then a summary per column: wtd (mean weighted by test examples), mean and std ov
 worst10 (mean of the worst 10% of nodes), and for personalized models >glob / >local, the
 share of nodes where it is strictly better than the global / the local model.
 files in --out: results.json (configuration, summaries, histories), per_node.csv (every
-node), run.json (status, times, package versions, device, git commit)."""
+node), run.json (status, times, package versions, device, git commit).
+with --seeds S: seed-<s>/ (such a folder per training seed), seeds.json (mean ± s.e. over
+the seeds of each column's node mean, worst10 and >local), run.json and config.toml."""
 
 
 def make_parser() -> argparse.ArgumentParser:

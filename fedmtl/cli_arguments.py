@@ -80,6 +80,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weigh the training loss by class: balanced = n / (C n_c) over all "
                    "train rows, for rare classes (default none)")
     g.add_argument("--seed", type=int, default=0, help="seed of data split and training")
+    g.add_argument("--seeds", type=bounded(int, minimum=1), default=None, metavar="S",
+                   help="train with S seeds (--seed .. --seed + S - 1), each algorithm's S "
+                   "runs as one vectorized program, and report mean ± standard error over "
+                   "them (OUT/seed-<s>/ per seed, OUT/seeds.json; default 1: one run). The "
+                   "seed varies cohorts, shuffling, noise and fine-tuning; the data split "
+                   "and the initial model stay --seed's")
     g.add_argument("--devices", type=bounded(int, minimum=1), default=None, metavar="D",
                    help="spread the nodes over the first D devices (default: every device; "
                    "on a CPU one per core, see docs/scale.md); results do not depend on it")

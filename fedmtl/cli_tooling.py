@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedmtl import configs, plots
 from fedmtl.cli_common import CliError
-from fedmtl.output import CONFIG, PER_NODE, RESULTS
+from fedmtl.output import CONFIG, PER_NODE, RESULTS, SEEDS, seed_folders
 
 TRAINING = ("run", "compare")
 
@@ -84,7 +84,10 @@ def with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 def differences(a: Path, b: Path) -> list[str]:
     """What differs between two results folders' results.json and per_node.csv (empty when
-    they are the same)."""
+    they are the same); of two seed sweeps' folders (`--seeds`), between their seeds.json and
+    each seed's folder (prefixed "seed-<s>/")."""
+    if (a / SEEDS).is_file():
+        return _seed_differences(a, b)
     found = []
     left, right = (json.loads((f / RESULTS).read_text()) for f in (a, b))
     for key in sorted(set(left) | set(right)):
@@ -97,6 +100,26 @@ def differences(a: Path, b: Path) -> list[str]:
     if (a / PER_NODE).read_text() != (b / PER_NODE).read_text():
         found.append(f"{PER_NODE}: per-node metrics")
     return found
+
+
+def _seed_differences(a: Path, b: Path) -> list[str]:
+    if not (b / SEEDS).is_file():
+        return [f"{SEEDS}: missing in {b}"]
+    left, right = (json.loads((f / SEEDS).read_text()) for f in (a, b))
+    found = [f"{SEEDS}: {key}" for key in sorted(set(left) | set(right))
+             if left.get(key) != right.get(key)]
+    ours, theirs = ([p.name for p in seed_folders(f)] for f in (a, b))
+    if ours != theirs:
+        return [*found, f"seed folders: {', '.join(ours)} against {', '.join(theirs)}"]
+    for name in ours:
+        found += [f"{name}/{d}" for d in differences(a / name, b / name)]
+    return found
+
+
+def _results_file(folder: Path) -> Path:
+    """The deterministic summary of a results folder: seeds.json of a seed sweep's, else
+    results.json."""
+    return folder / SEEDS if (folder / SEEDS).is_file() else folder / RESULTS
 
 
 def rerun(args, console, train: Callable, parser: argparse.ArgumentParser) -> int:
@@ -113,15 +136,18 @@ def rerun(args, console, train: Callable, parser: argparse.ArgumentParser) -> in
     status = train(again, console)
     if status:
         return status
-    if not (folder / RESULTS).is_file():
+    summary = _results_file(folder)
+    if not summary.is_file():
         raise CliError(f"{folder} holds no {RESULTS} to check the rerun against")
     found = differences(folder, out)
-    if json.loads((folder / RESULTS).read_text()).get("status") != "complete":
+    if json.loads(summary.read_text()).get("status") != "complete":
         console.print(f"[yellow]note[/]: {folder} records an incomplete run")
     if found:
         console.print(f"[red]not reproduced[/]: {out} differs from {folder} in " + "; ".join(found))
         return 1
-    console.print(f"reproduced: {out} has the same results.json and per_node.csv as {folder}")
+    what = ("seeds.json and per-seed results" if summary.name == SEEDS
+            else "results.json and per_node.csv")
+    console.print(f"reproduced: {out} has the same {what} as {folder}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Experiments: several algorithms on the same data and seed, per-node results side by side."""
+"""Experiments: several algorithms on the same data and seed, per-node results side by side;
+`compare_seeds` repeats a comparison over S training seeds, each algorithm as one program."""
 
 from __future__ import annotations
 
@@ -201,3 +202,140 @@ def compare(
         if on_done is not None:
             on_done(comparison)
     return comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedComparison:
+    """One comparison repeated over training seeds (`compare_seeds`): same data, same
+    federation, the run seed varied.
+
+    Attributes:
+      seeds: the S training seeds, in order.
+      runs: one `Comparison` per seed, in the order of `seeds`. An algorithm that failed on
+        any seed is among every run's failures.
+    """
+
+    seeds: tuple[int, ...]
+    runs: tuple[Comparison, ...]
+
+    @property
+    def data(self) -> FederatedData:
+        return self.runs[0].data
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        return self.runs[0].failures
+
+    @property
+    def names(self) -> list[str]:
+        return self.runs[0].names
+
+    def run(self, seed: int) -> Comparison:
+        """The comparison of training seed `seed`."""
+        if seed not in self.seeds:
+            raise KeyError(f"no training seed {seed} in this sweep; have {list(self.seeds)}")
+        return self.runs[self.seeds.index(seed)]
+
+
+def _evaluate_seeds(engine: Engine, states: EngineState, seeds: list[int]) -> list[dict]:
+    """`engine.evaluate_sweep(states)`; a non-finite test metric raises DivergenceError naming
+    the (first) seed it came from."""
+    try:
+        return engine.evaluate_sweep(states)
+    except DivergenceError as e:
+        for i, seed in enumerate(seeds):  # only on failure: which seed was it?
+            try:
+                engine.evaluate(jax.tree.map(lambda a, i=i: a[i], states))
+            except DivergenceError as one:
+                raise DivergenceError(f"{one} (seed {seed})") from e
+        raise
+
+
+def sweep_algorithm(
+    algorithm: Algorithm, data: FederatedData, federation: Federation, seeds: Sequence[int],
+    callback: Callable[[int, dict], None] | None = None,
+) -> list[AlgorithmResult]:
+    """Trains `algorithm` once per training seed as one vectorized program (`Engine.sweep`:
+    one compilation) and evaluates every run in one more.
+
+    Seed s's result equals `run_algorithm` under `federation._replace(seed=s)` (states and
+    histories bit for bit, test metrics to rtol 1e-6: the vmapped evaluation sums in another
+    order) where nothing else follows the federation's seed: the attacker set, availability
+    phases and secure-aggregation keys stay those of `federation.seed` for every s.
+
+    Returns:
+      One `AlgorithmResult` per seed, in order; `seconds` is the whole sweep's wall time
+      (compilation, training, evaluation) divided by S, and `state` the seed's slice of the
+      swept state.
+
+    Raises:
+      DivergenceError: some seed diverged in training or testing (the message names it).
+    """
+    seeds = [int(s) for s in seeds]
+    start = time.perf_counter()
+    engine = Engine(algorithm, data, federation)
+    states, history = engine.sweep(seeds, callback=callback)  # leaves [S, ...]
+    per_node = _evaluate_seeds(engine, states, seeds)
+    privacy = engine.privacy_report(int(np.ravel(states.round)[0]))
+    one = [jax.tree.map(lambda a, i=i: a[i], states) for i in range(len(seeds))]
+    extras = [{} if algorithm.extras is None else jax.device_get(algorithm.extras(s.server))
+              for s in one]
+    seconds = (time.perf_counter() - start) / len(seeds)
+    return [
+        AlgorithmResult(
+            algorithm.name, per_node[i], {k: v[i] for k, v in history.items()}, seconds,
+            engine.real_share, {k: np.asarray(v) for k, v in extras[i].items()}, privacy,
+            one[i], lambda: Engine(algorithm, data, federation))
+        for i in range(len(seeds))
+    ]
+
+
+def compare_seeds(
+    algorithms: Sequence[Algorithm], data: FederatedData, federation: Federation,
+    seeds: Sequence[int], callback: Callable[[str, int, dict], None] | None = None, *,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[SeedComparison], None] | None = None,
+) -> SeedComparison:
+    """`compare` over S training seeds: each algorithm trains all S runs as one vectorized
+    program (`sweep_algorithm`) on the same data; the data split is the caller's, fixed.
+
+    An algorithm that diverges on any seed fails as a whole (its `Failure` names the seed
+    and, as every `seconds` here, its wall time divided by S); the others still run.
+
+    Args:
+      seeds: S distinct training seeds (e.g. seed, seed + 1, ..., seed + S - 1).
+      callback: progress hook called as callback(algorithm name, round, metrics), the
+        metrics each a mean over the seeds.
+      on_start: called with an algorithm's name before it is built and compiled.
+      on_done: called with the sweep so far each time an algorithm finishes or fails.
+
+    Example:
+      >>> sweep = compare_seeds([local(m), fedavg(m)], data, Federation(rounds=20), [0, 1, 2])
+      >>> per_node = sweep.run(1).result("fedavg").per_node   # {kind: {metric: [N]}}
+    """
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"compare_seeds needs distinct seeds, got {list(seeds)}")
+    names = [a.name for a in algorithms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"algorithm names must be distinct, got {names}")
+    for algo in algorithms:  # every model against the data before anything trains
+        check_model(algo.model, data)
+    runs = [Comparison(data, federation, ()) for _ in seeds]
+    sweep = SeedComparison(seeds, tuple(runs))
+    for algo in algorithms:
+        if on_start is not None:
+            on_start(algo.name)
+        hook = None if callback is None else (lambda r, m, n=algo.name: callback(n, r, m))
+        start = time.perf_counter()
+        try:
+            found = sweep_algorithm(algo, data, federation, seeds, hook)
+            runs = [dataclasses.replace(c, results=(*c.results, r))
+                    for c, r in zip(runs, found, strict=True)]
+        except DivergenceError as e:
+            failure = Failure(algo.name, str(e), (time.perf_counter() - start) / len(seeds))
+            runs = [dataclasses.replace(c, failures=(*c.failures, failure)) for c in runs]
+        sweep = SeedComparison(seeds, tuple(runs))
+        if on_done is not None:
+            on_done(sweep)
+    return sweep

@@ -8,6 +8,10 @@ balanced accuracy and ROC AUC, an empty cell where a metric is undefined), `run.
 `config.toml` (the run's resolved options: `fedmtl rerun`), with learning curves
 `curves.jsonl` (`fedmtl.learning_curves`), and optionally `tensorboard/`, `plots/` and
 `checkpoints/`. Until the run completes both JSON files say `"status": "in progress"`.
+
+A seed sweep's folder (`SeedsFolder`, `fedmtl compare --seeds S`) holds one such folder per
+training seed, `seed-<s>/`, and at the top `config.toml`, `run.json` and `seeds.json` (the
+seeds and the summary over them: mean ± standard error).
 """
 
 from __future__ import annotations
@@ -28,12 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from fedmtl import learning_curves, plots
-from fedmtl.experiment import Comparison
+from fedmtl.experiment import Comparison, SeedComparison
 from fedmtl.objectives import metrics as task_metrics
-from fedmtl.report import columns, summarize
+from fedmtl.report import columns, summarize, summarize_seeds
 
 RESULTS, PER_NODE, RUN = "results.json", "per_node.csv", "run.json"
 CURVES, CONFIG = learning_curves.CURVES, "config.toml"
+SEEDS, SEED_PREFIX = "seeds.json", "seed-"  # a seed sweep's summary and per-seed folders
 PACKAGES = ("fedmtl", "jax", "jaxlib", "flax", "optax", "numpy", "rich", "orbax-checkpoint")
 
 
@@ -192,6 +197,35 @@ def _earlier_extras(folder: Path) -> list[str]:
     return [n for name in names if "/" not in name for n in (name, name[:-5] + ".png")]
 
 
+def _claim(path) -> Path:
+    """Checks folder `path` can be written and removes an earlier run's result files there (a
+    plain run's or a seed sweep's: seed-<s>/ folders too), so that none is left looking
+    valid."""
+    path = check_writable(Path(path))
+    for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN, CURVES, SEEDS):
+        (path / name).unlink(missing_ok=True)
+    shutil.rmtree(path / "plots", ignore_errors=True)  # figures of an earlier run
+    for folder in seed_folders(path):  # an earlier seed sweep's runs
+        shutil.rmtree(folder)
+    return path
+
+
+def seed_folder(path, seed: int) -> Path:
+    """Where a seed sweep in `path` keeps training seed `seed`'s results folder."""
+    return Path(path) / f"{SEED_PREFIX}{int(seed)}"
+
+
+def seed_folders(path) -> list[Path]:
+    """The per-seed results folders a seed sweep wrote into `path` (seed-<s>/ holding a
+    run.json), by seed."""
+    found = []
+    for sub in Path(path).glob(f"{SEED_PREFIX}*"):
+        number = sub.name[len(SEED_PREFIX):]
+        if sub.is_dir() and number.lstrip("-").isdigit() and (sub / RUN).is_file():
+            found.append((int(number), sub))
+    return [sub for _, sub in sorted(found)]
+
+
 def _git_commit() -> str | None:
     """The commit of the fedmtl source tree ("+dirty" if changed), when it is a git checkout."""
     here = Path(__file__).resolve().parent
@@ -258,10 +292,7 @@ class ResultsFolder:
         """Checks and claims the folder; writes `config_toml` (the run's options) when given.
         `tensorboard`: also write TensorBoard scalars (tensorboardX) into tensorboard/;
         `resumed`: run.json records that this run continues an earlier one's checkpoints."""
-        path = check_writable(Path(path))
-        for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN, CURVES):
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "plots", ignore_errors=True)  # figures of an earlier run
+        path = _claim(path)
         run = {"status": "in progress", "started": _now(), "finished": None,
                "command": command, "resumed": resumed, "seconds": {},
                "environment": environment()}
@@ -312,3 +343,83 @@ def write_results(comparison: Comparison, out_dir, config: dict | None = None) -
     """Writes a finished comparison into `out_dir` in one go: results.json, per_node.csv and
     run.json, each atomically."""
     return ResultsFolder.open(out_dir, config).close(comparison)
+
+
+class SeedsFolder:
+    """A seed sweep's results folder: `seed-<s>/`, a complete results folder per training seed
+    (`ResultsFolder`: results.json, per_node.csv, run.json, curves.jsonl, extras), and at the
+    top config.toml (the run's options), run.json (status, times, environment) and seeds.json
+    (the seeds and `summarize_seeds`: deterministic, like results.json).
+
+    Example:
+      >>> folder = SeedsFolder.open("results", [0, 1, 2], config={"rounds": 50})
+      >>> sweep = compare_seeds(algorithms, data, fed, [0, 1, 2], on_done=folder.update)
+      >>> folder.close(sweep)
+    """
+
+    def __init__(self, path: Path, seeds: list[int], config: dict, run: dict,
+                 folders: list[ResultsFolder]):
+        self.path, self.seeds, self.config, self._run = Path(path), seeds, config, run
+        self.folders = folders
+        self._last: SeedComparison | None = None
+
+    @classmethod
+    def open(cls, path, seeds, config: dict | None = None, command: list[str] | None = None,
+             *, config_toml: str | None = None, tensorboard: bool = False):
+        """Checks and claims the folder (removing an earlier run's files, a plain run's or a
+        sweep's), opens `seed-<s>/` for each seed (their results.json record "training_seed")
+        and writes `config_toml` when given."""
+        path, seeds, config = _claim(path), [int(s) for s in seeds], config or {}
+        if config_toml is not None:
+            atomic_write(path / CONFIG, config_toml)
+        folders = [ResultsFolder.open(seed_folder(path, s), {**config, "training_seed": s},
+                                      command, tensorboard=tensorboard) for s in seeds]
+        run = {"status": "in progress", "started": _now(), "finished": None,
+               "command": command, "seeds": seeds, "seconds": {}, "environment": environment()}
+        folder = cls(path, seeds, config, run, folders)
+        folder._write_run()
+        return folder
+
+    def _write_run(self) -> None:
+        atomic_write(self.path / RUN, json.dumps(self._run, indent=2) + "\n")
+
+    def update(self, sweep: SeedComparison, status: str = "in progress") -> list[Path]:
+        """Rewrites every seed's folder and seeds.json with what has finished; returns the
+        top folder's files and the seed folders."""
+        for folder, run in zip(self.folders, self._runs(sweep), strict=True):
+            folder.update(run, status)
+        return self._write(sweep, status)
+
+    def close(self, sweep: SeedComparison | None = None, status: str = "complete"):
+        """Marks the sweep and every seed's run `status` ("complete", "interrupted", ...) with
+        the final results (default: what the last `update` wrote); returns the paths."""
+        self._run["finished"] = _now()
+        sweep = sweep or self._last
+        runs = [None] * len(self.folders) if sweep is None else self._runs(sweep)
+        for folder, run in zip(self.folders, runs, strict=True):
+            folder.close(run, status)
+        return self._write(sweep, status)
+
+    def _runs(self, sweep: SeedComparison) -> tuple[Comparison, ...]:
+        if list(sweep.seeds) != self.seeds:
+            raise ValueError(f"{self.path}: opened for seeds {self.seeds}, got a sweep of "
+                             f"{list(sweep.seeds)}")
+        return sweep.runs
+
+    def _write(self, sweep: SeedComparison | None, status: str) -> list[Path]:
+        """seeds.json (when there is a sweep) and run.json at the top."""
+        paths = [self.path / RUN, *(f.path for f in self.folders)]
+        if sweep is not None:
+            self._last = sweep
+            doc = {"status": status, "seeds": self.seeds, "config": self.config,
+                   "failed": {f.name: f.error for f in sweep.failures},
+                   "summary": summarize_seeds(sweep)}
+            atomic_write(self.path / SEEDS, json.dumps(doc, indent=2) + "\n")
+            paths.insert(0, self.path / SEEDS)
+            count = len(self.seeds)  # a result's seconds are its sweep's divided by S
+            self._run["seconds"] = {
+                **{r.name: r.seconds * count for r in sweep.runs[0].results},
+                **{f.name: f.seconds * count for f in sweep.failures}}
+        self._run["status"] = status
+        self._write_run()
+        return paths

@@ -4,7 +4,8 @@ Each number says which model kind of which algorithm it measures on which split 
 Binary tasks (2 classes) also report balanced accuracy and ROC AUC: with rare positives,
 accuracy hardly differs from always predicting the majority class. A node's AUC is undefined
 (NaN, shown as "—") when its test set holds one class only; summaries leave such nodes out of
-that metric and count them (`undefined_nodes`).
+that metric and count them (`undefined_nodes`). A seed sweep (`compare_seeds`) is summarized
+as each statistic's mean ± standard error over the training seeds (`summarize_seeds`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from fedmtl.experiment import Comparison
+from fedmtl.experiment import Comparison, SeedComparison
 from fedmtl.objectives import HIGHER_IS_BETTER, METRICS, metrics
 
 KIND_ORDER = ("global", "personalized", "local")
@@ -214,3 +215,90 @@ def print_report(comparison: Comparison, console: Console | None = None,
         console.print(node_table(comparison, max_rows, metric))
     for metric in shown:  # one caption, below the last table
         console.print(summary_table(comparison, metric, caption=metric == shown[-1]))
+
+
+SEED_STATS = ("node_mean", "worst10", "beats_local")  # what a seed sweep's summary averages
+
+
+def mean_se(values: list) -> dict:
+    """{"mean", "se"} of one statistic over seeds: se = std (ddof 1) / sqrt(S), None for one
+    seed; both None when some seed has no value (e.g. >local of a global model)."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "se": None}
+    v = np.asarray(values, float)
+    se = float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
+    return {"mean": float(v.mean()), "se": se}
+
+
+def summarize_seeds(sweep: SeedComparison) -> list[dict]:
+    """One row per (algorithm, kind, metric) of `summarize`, over the sweep's seeds.
+
+    Fields: algorithm, kind, metric, seeds (S), and for each of node_mean, worst10 and
+    beats_local a {"mean", "se"} over the seeds (`mean_se`: standard error = std over seeds,
+    ddof 1, / sqrt(S)). Empty when no algorithm finished.
+    """
+    if not sweep.runs[0].results:
+        return []
+    per_seed = [summarize(run) for run in sweep.runs]  # rows in the same order for every seed
+    rows = []
+    for i, first in enumerate(per_seed[0]):
+        row = {k: first[k] for k in ("algorithm", "kind", "metric")}
+        row["seeds"] = len(per_seed)
+        for stat in SEED_STATS:
+            row[stat] = mean_se([seed_rows[i][stat] for seed_rows in per_seed])
+        rows.append(row)
+    return rows
+
+
+def seeds_table(sweep: SeedComparison, metric: str | None = None, *,
+                caption: bool = True) -> Table:
+    """One metric (default: the primary one) over the seeds: per algorithm and model kind the
+    node mean, worst10 and >local as mean ± standard error over S seeds."""
+    metric = metric or primary_metric(sweep.data.task)
+    direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    rows = [r for r in summarize_seeds(sweep) if r["metric"] == metric]
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"Test {metric}: mean ± s.e. over {len(sweep.seeds)} seeds ({direction} is "
+        "better)",
+        caption="over training seeds " + ", ".join(map(str, sweep.seeds)) + " (same data "
+        "split and initial model): mean: over nodes; worst10: mean of the worst 10% of "
+        "nodes; >local: share of nodes where the personalized model is strictly better than "
+        "the local-only one; ± one standard error (std over seeds / √S)" if caption else None,
+    )
+    for col in ("algorithm", "model", "mean", "worst10", ">local"):
+        table.add_column(col, justify="left" if col in ("algorithm", "model") else "right",
+                         no_wrap=True)
+    share = lambda s: "—" if s is None else f"{100 * s:.0f}%"
+
+    def cell(stat: dict, show) -> str:
+        if stat["mean"] is None:
+            return "—"
+        return show(stat["mean"]) + ("" if stat["se"] is None else f" ± {show(stat['se'])}")
+
+    as_metric = lambda v: format_metric(v, metric)
+    for row in rows:
+        table.add_row(row["algorithm"], row["kind"], cell(row["node_mean"], as_metric),
+                      cell(row["worst10"], as_metric), cell(row["beats_local"], share))
+    return table
+
+
+def seed_line(comparison: Comparison, seed: int) -> str:
+    """One line per seed: every column's node-mean primary metric ("seed 3: fedavg/global
+    70.2% · ...")."""
+    metric = primary_metric(comparison.data.task)
+    rows = [r for r in summarize(comparison) if r["metric"] == metric] if (
+        comparison.results) else []
+    parts = [f"{r['algorithm']}/{r['kind']} {format_metric(r['node_mean'], metric)}"
+             for r in rows]
+    return f"seed {seed}: {metric} " + (" · ".join(parts) if parts else "no results")
+
+
+def print_seeds_report(sweep: SeedComparison, console: Console | None = None) -> None:
+    """A line per seed, then a mean ± s.e. table of each headline metric (`headline_metrics`)."""
+    console = console or Console()
+    for seed, run in zip(sweep.seeds, sweep.runs, strict=True):
+        console.print(seed_line(run, seed))
+    shown = headline_metrics(sweep.data.task, sweep.data.num_classes)
+    for metric in shown:
+        console.print(seeds_table(sweep, metric, caption=metric == shown[-1]))
