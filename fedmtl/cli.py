@@ -23,7 +23,7 @@ from fedmtl.cli_arguments import (  # noqa: F401  (load_data, DEFAULT_*: the CLI
     build_algorithms,
     load_data,
 )
-from fedmtl.cli_common import CliError, _Parser
+from fedmtl.cli_common import CliError, _Parser, finish
 from fedmtl.cli_federation import (  # noqa: F401  (federation, robustness: the CLI's API)
     add_robustness_arguments,
     add_systems_arguments,
@@ -36,7 +36,7 @@ from fedmtl.cli_federation import (  # noqa: F401  (federation, robustness: the 
     robustness_line,
     systems_line,
 )
-from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, privacy_line
+from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, print_privacy
 from fedmtl.cli_seeds import seeds_of, train_seeds
 from fedmtl.cli_tooling import TRAINING, add_tooling_commands, argv_or_sys, with_config
 from fedmtl.experiment import Checkpointing, compare
@@ -193,18 +193,9 @@ def run_comparison(names: list[str], args, console: Console) -> int:
                 line = systems_line(result.name, result.history)
                 if line:
                     console.print(f"[bold]systems[/]: {line}")
-        for result in comparison.results:
-            line = privacy_line(result.privacy)
-            if line:
-                console.print(f"[bold]privacy[/]: {result.name}: {line}")
-    console.print("wrote " + ", ".join(str(p) for p in paths))
-    for f in comparison.failures:
-        console.print(f"[red]failed[/]: {f.error}")
-    if comparison.failures:
-        raise CliError(f"{len(comparison.failures)} of {len(algorithms)} algorithm(s) failed "
-                       f"({', '.join(f.name for f in comparison.failures)}); the others' "
-                       f"results are in {folder}")
-    return 0
+        print_privacy(comparison.results, console)
+    return finish(paths, comparison.failures, len(algorithms), folder, console)
+
 
 def algorithm_list() -> str:
     """The registry, one line per algorithm (for --help)."""

@@ -1,4 +1,5 @@
-"""What every command-line module shares: the one-line error and number checks."""
+"""What every command-line module shares: the one-line error, number checks and the last
+lines of a training command."""
 
 from __future__ import annotations
 
@@ -36,3 +37,15 @@ def bounded(kind=int, *, minimum=None, above=None, below=None, maximum=None):
         return value
 
     return parse
+
+
+def finish(paths, failures, count: int, folder, console) -> int:
+    """The files written and the failures; exit status 0, or CliError naming the failed."""
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    for f in failures:
+        console.print(f"[red]failed[/]: {f.error}")
+    if failures:
+        raise CliError(f"{len(failures)} of {count} algorithm(s) failed "
+                       f"({', '.join(f.name for f in failures)}); the others' "
+                       f"results are in {folder}")
+    return 0

@@ -138,3 +138,11 @@ def privacy_line(report: dict) -> str | None:
     return (f"{report['where']} DP, noise multiplier {report['noise_multiplier']:.4g}, clip "
             f"{report['clip']:g}{adaptive}: ε = {shown} at δ = {report['delta']:g} after "
             f"{report['rounds']} rounds ({report['accountant']}; {report['sampling']})")
+
+
+def print_privacy(results, console) -> None:
+    """Each result's privacy guarantee, one line each (none without privacy)."""
+    for result in results:
+        line = privacy_line(result.privacy)
+        if line:
+            console.print(f"[bold]privacy[/]: {result.name}: {line}")

@@ -10,9 +10,9 @@ import sys
 from rich.console import Console
 
 from fedmtl import plots
-from fedmtl.cli_common import CliError
+from fedmtl.cli_common import CliError, finish
 from fedmtl.cli_federation import recorded
-from fedmtl.cli_privacy import privacy_line
+from fedmtl.cli_privacy import print_privacy
 from fedmtl.experiment import compare_seeds
 from fedmtl.output import SeedsFolder
 from fedmtl.report import print_seeds_report
@@ -69,15 +69,5 @@ def train_seeds(args, console: Console, shown, seeds: list[int], data, algorithm
             paths += plots.plot_results(sub.path)
     if sweep.runs[0].results:
         print_seeds_report(sweep, console)
-        for result in sweep.runs[0].results:  # the guarantee is the same for every seed
-            line = privacy_line(result.privacy)
-            if line:
-                console.print(f"[bold]privacy[/]: {result.name}: {line}")
-    console.print("wrote " + ", ".join(str(p) for p in paths))
-    for f in sweep.failures:
-        console.print(f"[red]failed[/]: {f.error}")
-    if sweep.failures:
-        raise CliError(f"{len(sweep.failures)} of {len(algorithms)} algorithm(s) failed "
-                       f"({', '.join(f.name for f in sweep.failures)}); the others' "
-                       f"results are in {args.out}")
-    return 0
+        print_privacy(sweep.runs[0].results, console)  # the same guarantee for every seed
+    return finish(paths, sweep.failures, len(algorithms), args.out, console)

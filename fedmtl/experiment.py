@@ -161,6 +161,15 @@ def run_algorithm(
     )
 
 
+def _check_algorithms(algorithms: Sequence[Algorithm], data: FederatedData) -> None:
+    """Distinct names, and every model against the data, before anything trains."""
+    names = [a.name for a in algorithms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"algorithm names must be distinct, got {names}")
+    for algo in algorithms:
+        check_model(algo.model, data)
+
+
 def compare(
     algorithms: Sequence[Algorithm], data: FederatedData, federation: Federation,
     callback: Callable[[str, int, dict], None] | None = None, *,
@@ -181,11 +190,7 @@ def compare(
         (e.g. to write its results at once).
       checkpointing: save (and resume) each algorithm's run (`Checkpointing`).
     """
-    names = [a.name for a in algorithms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"algorithm names must be distinct, got {names}")
-    for algo in algorithms:  # every model against the data before anything trains
-        check_model(algo.model, data)
+    _check_algorithms(algorithms, data)
     comparison = Comparison(data, federation, ())
     for algo in algorithms:
         if on_start is not None:
@@ -316,11 +321,7 @@ def compare_seeds(
     seeds = tuple(int(s) for s in seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"compare_seeds needs distinct seeds, got {list(seeds)}")
-    names = [a.name for a in algorithms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"algorithm names must be distinct, got {names}")
-    for algo in algorithms:  # every model against the data before anything trains
-        check_model(algo.model, data)
+    _check_algorithms(algorithms, data)
     runs = [Comparison(data, federation, ()) for _ in seeds]
     sweep = SeedComparison(seeds, tuple(runs))
     for algo in algorithms:
