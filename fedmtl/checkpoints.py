@@ -214,6 +214,24 @@ class Checkpoints:
         state = jax.tree_util.tree_unflatten(treedef, [arrays["state"][n] for n in flat])
         return state, dict(arrays["history"]), restored[_META]
 
+    def meta(self, round: int | None = None) -> dict | None:
+        """The meta saved with round `round` (default: the newest), without reading its
+        arrays; None when there is no checkpoint."""
+        rounds = self.rounds()
+        if round is None:
+            round = rounds[-1] if rounds else None
+        if round is None or round not in rounds:
+            return None
+        restored = self._manager.restore(round, args=self._ocp.args.Composite(
+            **{_META: self._ocp.args.JsonRestore()}))
+        return restored[_META]
+
+    def clear(self) -> None:
+        """Deletes every saved round (a fresh run's start: its checkpoints go forward from
+        round 1). Only orbax's round folders are removed."""
+        for round_ in self.rounds():
+            self._manager.delete(round_)
+
     def close(self) -> None:
         """Waits for pending work and releases orbax's threads."""
         self._manager.close()

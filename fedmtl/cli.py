@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,7 +37,13 @@ from fedmtl.cli_federation import (  # noqa: F401  (federation, robustness: the 
 )
 from fedmtl.cli_privacy import add_privacy_arguments, check_privacy_options, print_privacy
 from fedmtl.cli_seeds import seeds_of, train_seeds
-from fedmtl.cli_tooling import TRAINING, add_tooling_commands, argv_or_sys, with_config
+from fedmtl.cli_tooling import (
+    TRAINING,
+    add_tooling_commands,
+    argv_or_sys,
+    check_resumable,
+    with_config,
+)
 from fedmtl.experiment import Checkpointing, compare
 from fedmtl.objectives import HIGHER_IS_BETTER
 from fedmtl.output import ResultsFolder, check_writable
@@ -149,8 +154,8 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     if args.checkpoint_every is not None or resume:
         checkpointing = Checkpointing(folder / "checkpoints", args.checkpoint_every, resume,
                                       configs.fingerprint(options))
-    if not resume:  # a fresh run: an earlier run's checkpoints are not this run's
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    if resume:  # before the folder is claimed: a refused resume must not cost its results
+        check_resumable(folder, [a.name for a in algorithms], checkpointing.fingerprint)
     config = resolved_config(args, algorithms, resolved, record)
     metric = headline_metrics(data.task, data.num_classes)[0]
     if seeds is not None:

@@ -62,6 +62,8 @@ def with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """
     if args.resume is not None:
         defaults = parser.parse_args([args.command])
+        if args.out != defaults.out:
+            raise CliError("--resume continues the run in its own folder; leave out --out")
         given = [k for k, v in vars(args).items()
                  if k not in configs.PRESENTATION and getattr(defaults, k, v) != v]
         if given:
@@ -80,6 +82,25 @@ def with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
         options["command"] = args.command
         return _parse(parser, options, str(args.config), argv[1:])
     return args
+
+
+def check_resumable(folder: Path, names: list[str], fingerprint: str) -> None:
+    """CliError unless results folder `folder` holds checkpoints to resume, each of this
+    run (the same fingerprint); checked before the folder is touched."""
+    from fedmtl.checkpoints import Checkpoints
+
+    where = Path(folder) / "checkpoints"
+    if not where.is_dir():
+        raise CliError(f"{folder} holds no checkpoints/: its run did not use "
+                       "--checkpoint-every, so there is nothing to resume")
+    for name in names:
+        if not (where / name).is_dir():
+            continue
+        with Checkpoints(where / name) as saved:
+            meta = saved.meta()
+        if meta is not None and meta.get("fingerprint") != fingerprint:
+            raise CliError(f"{where / name} holds the checkpoints of another run (its options "
+                           f"differ from {Path(folder) / CONFIG}); nothing was changed")
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -125,7 +146,7 @@ def _results_file(folder: Path) -> Path:
 def rerun(args, console, train: Callable, parser: argparse.ArgumentParser) -> int:
     """`fedmtl rerun DIR`: the run DIR's config.toml records, into --out (default
     DIR-rerun), then whether it reproduced DIR's results exactly (exit 1 if not)."""
-    folder = Path(args.folder)
+    folder = Path(args.folder).resolve()
     options = _recorded(folder)
     out = args.out or folder.with_name(folder.name + "-rerun")
     if out.resolve() == folder.resolve():

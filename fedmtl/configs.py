@@ -90,7 +90,7 @@ def to_argv(options: dict, parser: argparse.ArgumentParser, source: str) -> list
         else:
             if isinstance(value, list | dict):
                 raise ConfigError(f"{source}: {flag[2:]} takes one value, got {value!r}")
-            words += [flag, _word(value)]
+            words.append(f"{flag}={_word(value)}")  # "=": a value like -1e-05 is no flag
     return words
 
 

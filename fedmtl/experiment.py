@@ -105,8 +105,8 @@ class Checkpointing:
       directory: one subfolder per algorithm.
       every: save after every `every`-th round as well as at the end (None: at the end only).
       resume: continue each algorithm from its newest checkpoint (an algorithm saved at its
-        last round is only evaluated again); without, earlier checkpoints are ignored and
-        overwritten.
+        last round is only evaluated again); without, the algorithm's earlier checkpoints
+        in `directory` are deleted first.
       fingerprint: what the run is (e.g. `configs.fingerprint` of its options); a checkpoint
         saved under another fingerprint is refused.
     """
@@ -115,6 +115,27 @@ class Checkpointing:
     every: int | None = None
     resume: bool = False
     fingerprint: str = ""
+
+
+def _restored(saver, state: EngineState, meta: dict, resume: bool, rounds: int):
+    """(state, history so far) to start from: the newest checkpoint's when resuming (it must
+    be this run's and not past its rounds), else `state` and {} after the directory's old
+    checkpoints are deleted (a fresh run's checkpoints go forward from round 1)."""
+    from fedmtl.checkpoints import CheckpointError
+
+    if not resume:
+        saver.clear()
+        return state, {}
+    if saver.latest() is None:
+        return state, {}
+    restored, history, found = saver.restore(state)
+    if found != meta:
+        raise CheckpointError(f"{saver.directory}: the checkpoint is of another run ({found}), "
+                              f"not of this one ({meta}); start afresh without resuming")
+    if int(restored.round) > rounds:
+        raise CheckpointError(f"{saver.directory}: the checkpoint is of round "
+                              f"{int(restored.round)}, past this run's {rounds} rounds")
+    return restored, history
 
 
 def run_algorithm(
@@ -130,19 +151,16 @@ def run_algorithm(
     state, earlier = engine.init(), {}
     saver, meta = None, {"algorithm": algorithm.name}
     if checkpointing is not None:
-        from fedmtl.checkpoints import CheckpointError, Checkpoints
+        from fedmtl.checkpoints import Checkpoints
 
         saver = Checkpoints(Path(checkpointing.directory) / algorithm.name)
         meta["fingerprint"] = checkpointing.fingerprint
-        if checkpointing.resume and saver.latest() is not None:
-            state, earlier, found = saver.restore(state)
-            if found != meta:
-                raise CheckpointError(
-                    f"{saver.directory}: the checkpoint is of another run ({found}), not of "
-                    f"this one ({meta}); start afresh without resuming")
-    whole = lambda later: _concat([h for h in (earlier, later) if h])
-    every = None if saver is None else max(1, checkpointing.every or federation.rounds)
     try:
+        if saver is not None:
+            state, earlier = _restored(saver, state, meta, checkpointing.resume,
+                                       federation.rounds)
+        whole = lambda later: _concat([h for h in (earlier, later) if h])
+        every = None if saver is None else max(1, checkpointing.every or federation.rounds)
         state, history = engine.run(
             state, federation.rounds - int(state.round), callback=callback,
             checkpoint_every=every, on_checkpoint=None if saver is None else (

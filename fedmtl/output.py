@@ -204,7 +204,7 @@ def _claim(path) -> Path:
     path = check_writable(Path(path))
     for name in (*_earlier_extras(path), RESULTS, PER_NODE, RUN, CURVES, SEEDS):
         (path / name).unlink(missing_ok=True)
-    shutil.rmtree(path / "plots", ignore_errors=True)  # figures of an earlier run
+    plots.remove_figures(path)  # figures of an earlier run (other files in plots/ stay)
     for folder in seed_folders(path):  # an earlier seed sweep's runs
         shutil.rmtree(folder)
     return path

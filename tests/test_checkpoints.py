@@ -232,3 +232,31 @@ def test_a_save_killed_before_its_commit_is_never_restored(tmp_path):
         ckpt.save(_state(2, nodes=4), {}, {})  # the resumed run saves round 2 again
         assert ckpt.rounds() == [1, 2]
         assert_equal(ckpt.restore(_state(0, nodes=4))[0], _state(2, nodes=4))
+
+
+def test_meta_reads_without_arrays_and_clear_starts_afresh(tmp_path):
+    with Checkpoints(tmp_path / "c") as saved:
+        assert saved.meta() is None
+        saved.save(_state(4), {}, {"algorithm": "fedavg", "fingerprint": "f"})
+        assert saved.meta() == {"algorithm": "fedavg", "fingerprint": "f"}
+        saved.clear()
+        assert saved.rounds() == [] and saved.meta() is None
+        saved.save(_state(1), {}, {})  # a fresh run goes forward from round 1 again
+        assert saved.rounds() == [1]
+
+
+def test_compare_with_checkpoints_twice_starts_afresh_and_resumes(tmp_path):
+    from fedmtl.experiment import Checkpointing, compare
+
+    d, algo = data(), algorithms.fedavg(mlp())
+    fed = BASE._replace(rounds=3)
+    first = compare([algo], d, fed, checkpointing=Checkpointing(tmp_path, every=2))
+    again = compare([algo], d, fed, checkpointing=Checkpointing(tmp_path, every=2))
+    resumed = compare([algo], d, fed, checkpointing=Checkpointing(tmp_path, every=2,
+                                                                  resume=True))
+    for other in (again, resumed):
+        assert_equal(other.results[0].history, first.results[0].history)
+        assert_equal(other.results[0].per_node, first.results[0].per_node)
+    with pytest.raises(CheckpointError, match="past this run's 2 rounds"):
+        compare([algo], d, fed._replace(rounds=2),
+                checkpointing=Checkpointing(tmp_path, every=2, resume=True))

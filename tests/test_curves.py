@@ -64,6 +64,11 @@ def test_sweep_curves_carry_the_seed_axis():
     found = curves(history)
     assert found["round"].shape == (2, 2)
     assert found["global"]["accuracy"].shape == (2, d.num_nodes, 2)
+    # whether a round is evaluated is one decision for all seeds: a real conditional, not a
+    # select that would evaluate every round
+    states = engine._init_many(np.stack([engine._seed(s) for s in (0, 1)]))
+    program = engine._run_many.lower(states, *engine._inputs(), np.int32(0), 1).as_text()
+    assert "stablehlo.case" in program
     one = Engine(algorithms.fedavg(mlp()), d, BASE._replace(rounds=2, eval_every=1, seed=1))
     single = curves(one.run(one.init())[1])
     np.testing.assert_allclose(found["global"]["loss"][1], single["global"]["loss"], rtol=1e-6)
@@ -93,3 +98,5 @@ def test_bad_eval_and_checkpoint_intervals_are_named():
     engine = Engine(algorithms.fedavg(mlp()), data(), BASE)
     with pytest.raises(ValueError, match="checkpoint_every must be >= 1"):
         engine.run(engine.init(), checkpoint_every=0)
+    with pytest.raises(ValueError, match="on_checkpoint needs checkpoint_every"):
+        engine.run(engine.init(), on_checkpoint=lambda s, h: None)

@@ -77,9 +77,42 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, match):
 def test_resume_refuses_other_options_and_folders_without_a_config(tmp_path, capsys):
     assert cli.main(["compare", "--resume", str(tmp_path), "--rounds", "3"]) == 2
     assert "leave out --rounds" in capsys.readouterr().err
+    assert cli.main(["compare", "--resume", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "leave out --out" in capsys.readouterr().err
     assert cli.main(["compare", "--resume", str(tmp_path)]) == 2
     assert "holds no config.toml" in capsys.readouterr().err
     assert cli.main(["rerun", str(tmp_path / "none")]) == 2
+
+
+def test_a_run_without_checkpoints_is_not_resumed_and_keeps_its_results(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert cli.main(["compare", *TINY, "--algorithms", "local", "--quiet", "--out",
+                     str(out)]) == 0
+    before = _files(out)
+    assert cli.main(["compare", "--resume", str(out)]) == 2
+    assert "holds no checkpoints/" in capsys.readouterr().err
+    assert _files(out) == before  # refused before the folder was touched
+
+
+def test_a_fresh_run_removes_only_its_own_earlier_files(tmp_path):
+    out = tmp_path / "r"
+    (out / "plots").mkdir(parents=True)
+    (out / "checkpoints" / "mine").mkdir(parents=True)
+    for name in ("plots/notes.txt", "plots/curves_accuracy.png", "checkpoints/mine/w.npy"):
+        (out / name).write_text("x")
+    assert cli.main(["compare", *TINY, "--algorithms", "local", "--quiet", "--out",
+                     str(out)]) == 0
+    assert (out / "plots" / "notes.txt").exists() and (out / "checkpoints/mine/w.npy").exists()
+    assert not (out / "plots" / "curves_accuracy.png").exists()  # an earlier run's figure
+
+
+def test_negative_values_survive_the_config_file(tmp_path):
+    parser = cli.make_parser()
+    argv = ["compare", "--attack-scale=-1e-05"]
+    args = parser.parse_args(argv)
+    words = configs.to_argv({"attack_scale": args.attack_scale}, cli_tooling._command_parser(
+        parser, "compare"), "test")
+    assert parser.parse_args(["compare", *words]).attack_scale == -1e-05
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path, monkeypatch):

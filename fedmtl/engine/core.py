@@ -78,7 +78,8 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
 
     Args:
       algorithm: an `Algorithm`.
-      data: the nodes' data.
+      data: the nodes' data. On CPU devices the engine reads its arrays in place (no copy;
+        `fedmtl.devices.Blocks`): do not modify them while the engine is in use.
       federation: the run's configuration.
       empty_nodes: nodes without data appended to the node axis (e.g. to round it to a
         multiple of the device count); they take no steps, weigh zero, are never sampled
@@ -167,7 +168,7 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
             self.upload_shapes, self.cohort, expected)
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
-        self._run = jax.jit(self._rounds, static_argnums=(7,), donate_argnums=(0,))
+        self._run = jax.jit(self._rounds, static_argnums=(8,), donate_argnums=(0,))
         self._participation = jax.jit(self._plans, static_argnums=(2,))
         self._evaluate = jax.jit(self._evaluate_all)
         self._node_models = jax.jit(self._models)
@@ -396,21 +397,24 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
     def lower(self, state: EngineState, rounds: int = 1):
         """The jitted chunk of `rounds` rounds, lowered for `state` (`.compile()` compiles it;
         benchmarks time the two)."""
-        return self._run.lower(state, *self._inputs(), rounds)
+        return self._run.lower(state, *self._inputs(), jnp.int32(0), rounds)
 
     def _rounds(self, state: EngineState, tr: Blocks, counts, layout: Layout, profile,
-                attackers, te: Blocks, num_rounds: int):
+                attackers, te: Blocks, start, num_rounds: int):
         """`num_rounds` rounds in one scan; node states move to their places for the chunk and
         come back in data order (replicated) at its end. With `eval_every`, each round's
-        metrics also hold "curves" {kind: {metric: [N]}} and "evaluated" []."""
+        metrics also hold "curves" {kind: {metric: [N]}} and "evaluated" []; `start` [] is
+        the round the chunk starts after (an input of its own, not read from the state, so
+        that in a vmapped sweep whether a round is evaluated stays one decision)."""
         state = state._replace(nodes=self._to_places(state.nodes, layout))
 
-        def one(s, _):
+        def one(s, done):
             s, metrics = self._round(s, tr, counts, layout, profile, attackers)
             if self.federation.eval_every:  # learning curves, in the scan
-                metrics["curves"], metrics["evaluated"] = self._curve_point(s, tr, te, layout)
+                metrics["curves"], metrics["evaluated"] = self._curve_point(s, tr, te, layout,
+                                                                            done)
             return s, metrics
 
-        state, metrics = jax.lax.scan(one, state, None, length=num_rounds)
+        state, metrics = jax.lax.scan(one, state, start + 1 + jnp.arange(num_rounds))
         state = state._replace(nodes=self._from_places(state.nodes, layout))
         return self._replicated(state), self._replicated(metrics)

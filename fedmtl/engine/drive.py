@@ -77,6 +77,8 @@ class Driving:
         """
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if on_checkpoint is not None and checkpoint_every is None:
+            raise ValueError("on_checkpoint needs checkpoint_every (the rounds to call it at)")
         return self._drive(state, rounds, self._run, callback,
                            checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint)
 
@@ -93,7 +95,7 @@ class Driving:
             n = min(chunk, rounds - done)
             if checkpoint_every:
                 n = min(n, checkpoint_every - (first + done) % checkpoint_every)
-            state, metrics = chunk_fn(state, *self._inputs(), n)
+            state, metrics = chunk_fn(state, *self._inputs(), np.int32(first + done), n)
             done += n
             metrics = self._host_metrics(jax.device_get(metrics), first + done - n, n)
             overflow = metrics.pop("overflow", np.zeros(0, bool)).reshape(-1, n).any(axis=0)
@@ -116,11 +118,11 @@ class Driving:
                 raise DivergenceError(
                     self._divergence(one, first + done - n + int(r) + 1) + where,
                     state=state, history=_concat(history))
-            if callback is not None:
-                callback(first + done, _latest(metrics))
-            if on_checkpoint is not None and (
+            if on_checkpoint is not None and (  # saved before anything else can interrupt
                     done == rounds or (first + done) % checkpoint_every == 0):
                 on_checkpoint(state, _concat(history))
+            if callback is not None:
+                callback(first + done, _latest(metrics))
         return state, _concat(history)
 
     def _host_metrics(self, metrics: dict, start: int, n: int) -> dict:

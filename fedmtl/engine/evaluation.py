@@ -105,13 +105,13 @@ class Evaluation:
         out = self._from_places(out, layout)
         return {kind: finish_metrics(self.data.task, sums) for kind, sums in out.items()}, scores
 
-    def _curve_point(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout):
-        """Inside the scan, after a round: every node's test metrics of every kind
-        {kind: {metric: [N]}} when the round completed is a multiple of `eval_every`, zeros
-        otherwise (the host keeps only the evaluated rounds: `curves`)."""
+    def _curve_point(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout, done):
+        """Inside the scan, after round `done` []: every node's test metrics of every kind
+        {kind: {metric: [N]}} when `done` is a multiple of `eval_every`, zeros otherwise (the
+        host keeps only the evaluated rounds: `curves`)."""
         evaluate = lambda: self._evaluate_placed(state, tr, te, layout)[0]
         shapes = jax.eval_shape(evaluate)
-        due = state.round % self.federation.eval_every == 0
+        due = done % self.federation.eval_every == 0
         return jax.lax.cond(due, evaluate, lambda: jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype), shapes)), due
 

@@ -19,8 +19,8 @@ class Sweep:
         """The vmapped twins of `_run`, `_init` and `_evaluate` (built with them; jit compiles
         only when a sweep first calls them)."""
         inputs = (None,) * len(self._inputs())
-        self._run_many = jax.jit(jax.vmap(self._rounds, in_axes=(0, *inputs, None)),
-                                 static_argnums=(len(inputs) + 1,), donate_argnums=(0,))
+        self._run_many = jax.jit(jax.vmap(self._rounds, in_axes=(0, *inputs, None, None)),
+                                 static_argnums=(len(inputs) + 2,), donate_argnums=(0,))
         self._init_many = jax.jit(jax.vmap(self._init_state))
         self._evaluate_many = jax.jit(jax.vmap(self._evaluate_all,
                                                in_axes=(0, None, None, None)))

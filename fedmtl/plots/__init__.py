@@ -13,8 +13,8 @@ from fedmtl.plots.heatmap import heatmap_figure, relationship_heatmap
 from fedmtl.plots.per_node import best_personalized, gains_figure, scatter_figure, size_figure
 from fedmtl.plots.reading import PlotError, Run, load
 from fedmtl.plots.style import available, gain
-from fedmtl.plots.writing import figures, plot_results
+from fedmtl.plots.writing import figures, plot_results, remove_figures
 
 __all__ = ["PlotError", "Run", "available", "best_personalized", "curves_figure", "figures",
            "gain", "gains_figure", "heatmap_figure", "load", "plot_results",
-           "relationship_heatmap", "scatter_figure", "size_figure"]
+           "relationship_heatmap", "remove_figures", "scatter_figure", "size_figure"]

@@ -99,8 +99,17 @@ def plot_results(folder: Path, formats=("png", "pdf")) -> list[Path]:
     written = []
     for stem, fig in drawn:
         written += [_save(fig, out / f"{stem}.{fmt}", fmt) for fmt in formats]
+    remove_figures(folder, keep=written)
+    return written
+
+
+def remove_figures(folder: Path, keep=()) -> None:
+    """Deletes the figures `plot_results` writes (and only those: other files in
+    folder/plots stay) from an earlier call, except `keep`."""
+    out = Path(folder) / PLOTS
+    if not out.is_dir():
+        return
     for path in sorted(out.iterdir()):
         if (path.name.startswith(PREFIXES) and path.suffix[1:] in style.METADATA
-                and path not in written):
+                and path not in keep and path.is_file()):
             path.unlink()
-    return written
