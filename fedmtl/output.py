@@ -312,7 +312,8 @@ class ResultsFolder:
         doc = to_json(comparison, self.config, status)
         atomic_write(self.path / RESULTS, json.dumps(doc, indent=2) + "\n")
         atomic_write(self.path / PER_NODE, per_node_csv(comparison))
-        paths = [self.path / RESULTS, self.path / PER_NODE, self.path / RUN]
+        paths = [self.path / RESULTS, self.path / PER_NODE, self.path / RUN,
+                 *[self.path / CONFIG] * (self.path / CONFIG).is_file()]
         curves = learning_curves.jsonl(comparison)
         if curves:
             atomic_write(self.path / CURVES, curves)
