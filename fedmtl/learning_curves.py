@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fedmtl.engine import curves
-from fedmtl.objectives import HIGHER_IS_BETTER
+from fedmtl.report import worst10
 
 CURVES = "curves.jsonl"
 
@@ -30,10 +30,8 @@ def summary(values: np.ndarray, metric: str) -> dict:
     v = v[np.isfinite(v)]
     if not v.size:
         return {"mean": None, "se": None, "worst10": None, "nodes": 0}
-    ordered = np.sort(v) if HIGHER_IS_BETTER.get(metric, True) else np.sort(v)[::-1]
-    worst = ordered[: max(1, int(np.ceil(0.1 * v.size)))]
     se = float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else None
-    return {"mean": float(v.mean()), "se": se, "worst10": float(worst.mean()),
+    return {"mean": float(v.mean()), "se": se, "worst10": worst10(v, metric),
             "nodes": int(v.size)}
 
 

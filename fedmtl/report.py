@@ -64,6 +64,13 @@ def _beats(a: np.ndarray, b: np.ndarray, metric: str) -> float | None:
     return float(np.mean(better))
 
 
+def worst10(values: np.ndarray, metric: str) -> float:
+    """The mean of the worst 10% (at least one) of defined values [K] of `metric`."""
+    ordered = np.sort(values)
+    count = max(1, int(np.ceil(0.1 * len(ordered))))
+    return float(np.mean(ordered[:count] if HIGHER_IS_BETTER[metric] else ordered[-count:]))
+
+
 def summarize(comparison: Comparison) -> list[dict]:
     """One summary row per (algorithm, kind) for each metric.
 
@@ -99,15 +106,11 @@ def summarize(comparison: Comparison) -> list[dict]:
                 "undefined_nodes": int((~defined).sum()),
             }
             if defined.any():
-                ordered = np.sort(v[defined])
-                worst_count = max(1, int(np.ceil(0.1 * defined.sum())))
-                worst = (ordered[:worst_count] if HIGHER_IS_BETTER[metric]
-                         else ordered[-worst_count:])
                 row.update(
                     weighted_mean=float(np.sum(counts / counts.sum() * v[defined])),
                     node_mean=float(np.mean(v[defined])),
                     node_std=float(np.std(v[defined])),
-                    worst10=float(np.mean(worst)),
+                    worst10=worst10(v[defined], metric),
                 )
             if kind == "personalized":
                 if "global" in per_node:

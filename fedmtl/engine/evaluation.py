@@ -36,7 +36,7 @@ class Evaluation:
     def _finetuned(self, broadcast, seed, nodes, tr: Blocks, placed):
         """On one device: each place's global model after `finetune_steps` local steps
         (leaves [B, ...]; zeros at places without training rows, which keep the global
-        model: `_personalized`), or None when nothing is fine-tuned."""
+        model: `_kinds_at`), or None when nothing is fine-tuned."""
         algo, fed = self.algorithm, self.federation
         kinds = jax.eval_shape(lambda: self._models_at(broadcast, nodes, placed,
                                                        jnp.zeros(1, jnp.int32)))
@@ -125,12 +125,13 @@ class Evaluation:
                                                  places)
         block = self.placement.block
         rows = jnp.zeros(EVAL_BATCH, jnp.int32)
-        one = jax.eval_shape(lambda: kinds_at(jnp.zeros(1, jnp.int32)))
-        shapes = jax.eval_shape(lambda: metric_sums(
-            task, apply(*trees.gather(next(iter(kinds_at(jnp.zeros(1, jnp.int32)).values())),
-                                      0), te.take(rows)[0]),
-            te.take(rows)[1], jnp.ones(EVAL_BATCH, bool),
-        ))
+        def first_kind():  # one node's models and one batch's metric sums, for their shapes
+            kinds = kinds_at(jnp.zeros(1, jnp.int32))
+            x, y = te.take(rows)
+            params = trees.gather(next(iter(kinds.values())), 0)
+            return kinds, metric_sums(task, apply(*params, x), y, jnp.ones(EVAL_BATCH, bool))
+
+        one, shapes = jax.eval_shape(first_kind)
         zeros = {kind: trees.zeros(shapes, self.eval_lanes) for kind in one}
         # binary tasks: each test row's score s1 - s0 [R] per kind, for the host's exact AUC
         binary = task == "classification" and self.data.num_classes == 2
