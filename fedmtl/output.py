@@ -210,6 +210,17 @@ def _claim(path) -> Path:
     return path
 
 
+def _start(path, command: list[str] | None, config_toml: str | None, **fields):
+    """Claims folder `path` (`_claim`), writes `config_toml` there when given, and returns
+    (path, the run.json record of a run just started, with `fields`)."""
+    path = _claim(path)
+    if config_toml is not None:
+        atomic_write(path / CONFIG, config_toml)
+    run = {"status": "in progress", "started": _now(), "finished": None, "command": command,
+           **fields, "seconds": {}, "environment": environment()}
+    return path, run
+
+
 def seed_folder(path, seed: int) -> Path:
     """Where a seed sweep in `path` keeps training seed `seed`'s results folder."""
     return Path(path) / f"{SEED_PREFIX}{int(seed)}"
@@ -292,12 +303,7 @@ class ResultsFolder:
         """Checks and claims the folder; writes `config_toml` (the run's options) when given.
         `tensorboard`: also write TensorBoard scalars (tensorboardX) into tensorboard/;
         `resumed`: run.json records that this run continues an earlier one's checkpoints."""
-        path = _claim(path)
-        run = {"status": "in progress", "started": _now(), "finished": None,
-               "command": command, "resumed": resumed, "seconds": {},
-               "environment": environment()}
-        if config_toml is not None:
-            atomic_write(path / CONFIG, config_toml)
+        path, run = _start(path, command, config_toml, resumed=resumed)
         folder = cls(path, config or {}, run, tensorboard)
         folder._write_run()
         return folder
@@ -312,8 +318,9 @@ class ResultsFolder:
         doc = to_json(comparison, self.config, status)
         atomic_write(self.path / RESULTS, json.dumps(doc, indent=2) + "\n")
         atomic_write(self.path / PER_NODE, per_node_csv(comparison))
-        paths = [self.path / RESULTS, self.path / PER_NODE, self.path / RUN,
-                 *[self.path / CONFIG] * (self.path / CONFIG).is_file()]
+        paths = [self.path / RESULTS, self.path / PER_NODE, self.path / RUN]
+        if (self.path / CONFIG).is_file():
+            paths.append(self.path / CONFIG)
         curves = learning_curves.jsonl(comparison)
         if curves:
             atomic_write(self.path / CURVES, curves)
@@ -370,13 +377,10 @@ class SeedsFolder:
         """Checks and claims the folder (removing an earlier run's files, a plain run's or a
         sweep's), opens `seed-<s>/` for each seed (their results.json record "training_seed")
         and writes `config_toml` when given."""
-        path, seeds, config = _claim(path), [int(s) for s in seeds], config or {}
-        if config_toml is not None:
-            atomic_write(path / CONFIG, config_toml)
+        seeds, config = [int(s) for s in seeds], config or {}
+        path, run = _start(path, command, config_toml, seeds=seeds)
         folders = [ResultsFolder.open(seed_folder(path, s), {**config, "training_seed": s},
                                       command, tensorboard=tensorboard) for s in seeds]
-        run = {"status": "in progress", "started": _now(), "finished": None,
-               "command": command, "seeds": seeds, "seconds": {}, "environment": environment()}
         folder = cls(path, seeds, config, run, folders)
         folder._write_run()
         return folder
