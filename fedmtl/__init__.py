@@ -15,6 +15,7 @@ from fedmtl.algorithms import (
     Algorithm,
     AlgorithmError,
     PerNode,
+    Recipe,
     apfl,
     ditto,
     fedadagrad,
@@ -36,6 +37,7 @@ from fedmtl.algorithms import (
     perfedavg,
     perfedavg_hf,
     pfedme,
+    recipe,
     scaffold,
 )
 from fedmtl.data import FederatedData, FederatedDataError
@@ -54,6 +56,7 @@ from fedmtl.models import MLP, Conv1D, LogisticRegression, Model, ModelDataMisma
 from fedmtl.output import ResultsFolder, write_results
 from fedmtl.synthetic import planted_groups, synthetic
 from fedmtl.systems import Systems, SystemsError
+from fedmtl.tuning import GridSweep, sweep_grid
 
 __version__ = "0.1.0"
 
@@ -62,9 +65,11 @@ __all__ = [
     "Comparison", "SeedComparison", "compare_seeds",
     "Conv1D", "DivergenceError", "Engine", "EngineState", "Failure", "FederatedData",
     "FederatedDataError", "Federation", "LogisticRegression", "Model", "ModelDataMismatch",
-    "PerNode", "ResultsFolder", "Systems", "SystemsError", "compare", "graph_mtl",
+    "GridSweep", "PerNode", "Recipe", "ResultsFolder", "Systems", "SystemsError", "compare",
+    "graph_mtl",
     "planted_groups", "run_algorithm", "accounting", "attacks", "privacy", "robust", "systems",
     "synthetic", "weighted_mean", "write_results", "apfl", "ditto", "fedadagrad", "fedadam",
     "fedala", "fedavg", "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi",
-    "ifca", "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",
+    "ifca", "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "recipe",
+    "scaffold", "sweep_grid",
 ]

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from fedmtl import __version__, configs, learning_curves, plots, progress, tycoon
 from fedmtl import algorithms as algos
+from fedmtl.algorithms.recipe import Recipe
 from fedmtl.cli_arguments import (  # noqa: F401  (load_data, DEFAULT_*: the CLI's API)
     DATASETS,
     DEFAULT_LR,
@@ -50,7 +51,7 @@ from fedmtl.output import ResultsFolder, check_writable
 from fedmtl.report import format_metric, headline_metrics, print_report, summarize
 
 
-def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | None = None,
+def resolved_config(args, algorithms: list, resolved: dict | None = None,
                     robustness_record: dict | None = None) -> dict:
     """Every option of the run, defaults included, plus what they resolved to (the output
     folder is left out: it says where the results went, not how they were made), each
@@ -60,7 +61,8 @@ def resolved_config(args, algorithms: list[algos.Algorithm], resolved: dict | No
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                if k not in ("func", *configs.PRESENTATION)
                and not (k == "seeds" and v is None)}  # a plain run records no --seeds
-    model = algorithms[0].model
+    first = algorithms[0]
+    model = (first.concrete(args.seed) if isinstance(first, Recipe) else first).model
     return {
         "options": options,
         "algorithms": [a.name for a in algorithms],
@@ -138,7 +140,7 @@ def run_comparison(names: list[str], args, console: Console) -> int:
     notes: list[str] = []
     resolved: dict = {}
     algorithms = build_algorithms(names, data, args, frozenset(names) if every else frozenset(),
-                                  notes, resolved)
+                                  notes, resolved, per_seed=seeds is not None)
     for note in notes:
         console.print(f"[yellow]note[/]: {note}")
     fed = federation(args, data.num_nodes)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedmtl import algorithms as algos
 from fedmtl import models
+from fedmtl.algorithms.recipe import Recipe, recipe
 from fedmtl.cli_common import CliError, bounded
 from fedmtl.data import FederatedData
 from fedmtl.objectives import LOSSES, balanced_class_weights
@@ -191,10 +192,14 @@ def hyperparameters(name: str, given: dict) -> dict:
 
 def build_algorithms(names: list[str], data: FederatedData, args,
                      optional: frozenset = frozenset(), notes: list | None = None,
-                     resolved: dict | None = None) -> list[algos.Algorithm]:
-    """Each named algorithm on a fresh copy of the model, with the run's options.
+                     resolved: dict | None = None, *, per_seed: bool = False
+                     ) -> list[algos.Algorithm | Recipe]:
+    """Each named algorithm on a fresh copy of the model (its weights drawn from --seed), with
+    the run's options.
 
     Args:
+      per_seed: build `Recipe`s instead, whose weights each run's seed draws (`--seeds`): the
+        run of seed --seed starts from the same weights as the algorithm.
       optional: names that are left out, with a line in `notes`, when they do not apply to
         the model (their factory raises `AlgorithmError`, e.g. FedPer on a model without a
         body): what `--algorithms all` runs.
@@ -212,9 +217,10 @@ def build_algorithms(names: list[str], data: FederatedData, args,
     params = parse_params(args.param, names)
     outputs = data.num_classes or 1
     result = []
+    module = lambda seed: models.build(args.model, data.feature_shape, outputs, seed=seed,
+                                       hidden=args.hidden,
+                                       norm=None if args.norm == "none" else args.norm)
     for name in names:
-        module = models.build(args.model, data.feature_shape, outputs, seed=args.seed,
-                              hidden=args.hidden, norm=None if args.norm == "none" else args.norm)
         kwargs = {"local_optimizer": args.lr, "loss": args.loss}
         if args.class_weights == "balanced":
             kwargs["class_weights"] = balanced_class_weights(data.train.y, data.num_classes)
@@ -222,7 +228,9 @@ def build_algorithms(names: list[str], data: FederatedData, args,
             kwargs["server_optimizer"] = args.server_lr
         given = {**kwargs, **params.get(name, {})}
         try:
-            result.append(algos.ALGORITHMS[name](module, **given))
+            factory = algos.ALGORITHMS[name]
+            result.append(recipe(factory, module, **given) if per_seed
+                          else factory(module(args.seed), **given))
             if resolved is not None:
                 resolved[result[-1].name] = hyperparameters(name, given)
         except algos.AlgorithmError as e:

@@ -12,9 +12,11 @@ import jax
 import numpy as np
 
 from fedmtl.algorithms import Algorithm
+from fedmtl.algorithms.recipe import Recipe
 from fedmtl.data import FederatedData
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
 from fedmtl.engine.state import _concat
+from fedmtl.engine.sweep import run_labels
 from fedmtl.models import check_model
 
 
@@ -139,7 +141,7 @@ def _restored(saver, state: EngineState, meta: dict, resume: bool, rounds: int):
 
 
 def run_algorithm(
-    algorithm: Algorithm, data: FederatedData, federation: Federation,
+    algorithm: Algorithm | Recipe, data: FederatedData, federation: Federation,
     callback: Callable[[int, dict], None] | None = None,
     checkpointing: Checkpointing | None = None,
 ) -> AlgorithmResult:
@@ -170,7 +172,7 @@ def run_algorithm(
             saver.close()
     history = whole(history)
     per_node = engine.evaluate(state)
-    extras = {} if algorithm.extras is None else jax.device_get(algorithm.extras(state.server))
+    extras = _extras(engine, state)
     return AlgorithmResult(
         algorithm.name, per_node, history, time.perf_counter() - start, engine.real_share,
         {k: np.asarray(v) for k, v in extras.items()}, engine.privacy_report(int(state.round)),
@@ -179,17 +181,23 @@ def run_algorithm(
     )
 
 
-def _check_algorithms(algorithms: Sequence[Algorithm], data: FederatedData) -> None:
+def _extras(engine: Engine, state: EngineState) -> dict:
+    """The algorithm's `extras` of a trained state, on the host ({} when it has none)."""
+    algo = engine.algorithm
+    return {} if algo.extras is None else jax.device_get(algo.extras(state.server))
+
+
+def _check_algorithms(algorithms: Sequence[Algorithm | Recipe], data: FederatedData) -> None:
     """Distinct names, and every model against the data, before anything trains."""
     names = [a.name for a in algorithms]
     if len(set(names)) != len(names):
         raise ValueError(f"algorithm names must be distinct, got {names}")
     for algo in algorithms:
-        check_model(algo.model, data)
+        check_model((algo.concrete(0) if isinstance(algo, Recipe) else algo).model, data)
 
 
 def compare(
-    algorithms: Sequence[Algorithm], data: FederatedData, federation: Federation,
+    algorithms: Sequence[Algorithm | Recipe], data: FederatedData, federation: Federation,
     callback: Callable[[str, int, dict], None] | None = None, *,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[Comparison], None] | None = None,
@@ -236,10 +244,13 @@ class SeedComparison:
       seeds: the S training seeds, in order.
       runs: one `Comparison` per seed, in the order of `seeds`. An algorithm that failed on
         any seed is among every run's failures.
+      weights_per_seed: whether each seed drew its own initial weights (every algorithm was a
+        `Recipe`) or every seed started from the algorithms' own.
     """
 
     seeds: tuple[int, ...]
     runs: tuple[Comparison, ...]
+    weights_per_seed: bool = False
 
     @property
     def data(self) -> FederatedData:
@@ -260,49 +271,53 @@ class SeedComparison:
         return self.runs[self.seeds.index(seed)]
 
 
-def _evaluate_seeds(engine: Engine, states: EngineState, seeds: list[int]) -> list[dict]:
+def _evaluate_runs(engine: Engine, states: EngineState, labels: list[str]) -> list[dict]:
     """`engine.evaluate_sweep(states)`; a non-finite test metric raises DivergenceError naming
-    the (first) seed it came from."""
+    the (first) run it came from by its label (e.g. "seed 3")."""
     try:
         return engine.evaluate_sweep(states)
     except DivergenceError as e:
-        for i, seed in enumerate(seeds):  # only on failure: which seed was it?
+        for i, label in enumerate(labels):  # only on failure: which run was it?
             try:
                 engine.evaluate(jax.tree.map(lambda a, i=i: a[i], states))
             except DivergenceError as one:
-                raise DivergenceError(f"{one} (seed {seed})") from e
+                raise DivergenceError(f"{one} ({label})") from e
         raise
 
 
 def sweep_algorithm(
-    algorithm: Algorithm, data: FederatedData, federation: Federation, seeds: Sequence[int],
-    callback: Callable[[int, dict], None] | None = None,
+    algorithm: Algorithm | Recipe, data: FederatedData, federation: Federation,
+    seeds: Sequence[int], callback: Callable[[int, dict], None] | None = None, *,
+    hyper: dict[str, Sequence[float]] | None = None,
 ) -> list[AlgorithmResult]:
-    """Trains `algorithm` once per training seed as one vectorized program (`Engine.sweep`:
-    one compilation) and evaluates every run in one more.
+    """Trains `algorithm` once per run as one vectorized program (`Engine.sweep`: one
+    compilation) and evaluates every run in one more; run i has seed seeds[i] and, for a
+    `Recipe`, the hyperparameters {name: values[i]} of `hyper` (`fedmtl.tuning` lays out a
+    grid × seeds so).
 
-    Seed s's result equals `run_algorithm` under `federation._replace(seed=s)` (states and
-    histories bit for bit, test metrics to rtol 1e-6: the vmapped evaluation sums in another
-    order) where nothing else follows the federation's seed: the attacker set, availability
-    phases and secure-aggregation keys stay those of `federation.seed` for every s.
+    Run i's result equals `run_algorithm` under `federation._replace(seed=seeds[i])` (states
+    and histories bit for bit, test metrics to rtol 1e-6: the vmapped evaluation sums in
+    another order) where nothing else follows the federation's seed: the attacker set,
+    availability phases and secure-aggregation keys stay those of `federation.seed` for every
+    run. A `Recipe`'s initial weights follow each run's seed; an `Algorithm`'s are its own,
+    the same for every run.
 
     Returns:
-      One `AlgorithmResult` per seed, in order; `seconds` is the whole sweep's wall time
-      (compilation, training, evaluation) divided by S, and `state` the seed's slice of the
+      One `AlgorithmResult` per run, in order; `seconds` is the whole sweep's wall time
+      (compilation, training, evaluation) divided by S, and `state` the run's slice of the
       swept state.
 
     Raises:
-      DivergenceError: some seed diverged in training or testing (the message names it).
+      DivergenceError: some run diverged in training or testing (the message names it).
     """
     seeds = [int(s) for s in seeds]
     start = time.perf_counter()
     engine = Engine(algorithm, data, federation)
-    states, history = engine.sweep(seeds, callback=callback)  # leaves [S, ...]
-    per_node = _evaluate_seeds(engine, states, seeds)
+    states, history = engine.sweep(seeds, hyper=hyper, callback=callback)  # leaves [S, ...]
+    per_node = _evaluate_runs(engine, states, run_labels(seeds, hyper))
     privacy = engine.privacy_report(int(np.ravel(states.round)[0]))
     one = [jax.tree.map(lambda a, i=i: a[i], states) for i in range(len(seeds))]
-    extras = [{} if algorithm.extras is None else jax.device_get(algorithm.extras(s.server))
-              for s in one]
+    extras = [_extras(engine, s) for s in one]
     seconds = (time.perf_counter() - start) / len(seeds)
     return [
         AlgorithmResult(
@@ -314,7 +329,7 @@ def sweep_algorithm(
 
 
 def compare_seeds(
-    algorithms: Sequence[Algorithm], data: FederatedData, federation: Federation,
+    algorithms: Sequence[Algorithm | Recipe], data: FederatedData, federation: Federation,
     seeds: Sequence[int], callback: Callable[[str, int, dict], None] | None = None, *,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[SeedComparison], None] | None = None,
@@ -341,7 +356,8 @@ def compare_seeds(
         raise ValueError(f"compare_seeds needs distinct seeds, got {list(seeds)}")
     _check_algorithms(algorithms, data)
     runs = [Comparison(data, federation, ()) for _ in seeds]
-    sweep = SeedComparison(seeds, tuple(runs))
+    per_seed = all(isinstance(a, Recipe) for a in algorithms)
+    sweep = SeedComparison(seeds, tuple(runs), per_seed)
     for algo in algorithms:
         if on_start is not None:
             on_start(algo.name)
@@ -354,7 +370,7 @@ def compare_seeds(
         except DivergenceError as e:
             failure = Failure(algo.name, str(e), (time.perf_counter() - start) / len(seeds))
             runs = [dataclasses.replace(c, failures=(*c.failures, failure)) for c in runs]
-        sweep = SeedComparison(seeds, tuple(runs))
+        sweep = SeedComparison(seeds, tuple(runs), per_seed)
         if on_done is not None:
             on_done(sweep)
     return sweep

@@ -416,7 +416,8 @@ class SeedsFolder:
         paths = [self.path / RUN, *(f.path for f in self.folders)]
         if sweep is not None:
             self._last = sweep
-            doc = {"status": status, "seeds": self.seeds, "config": self.config,
+            doc = {"status": status, "seeds": self.seeds,
+                   "weights_per_seed": sweep.weights_per_seed, "config": self.config,
                    "failed": {f.name: f.error for f in sweep.failures},
                    "summary": summarize_seeds(sweep)}
             atomic_write(self.path / SEEDS, json.dumps(doc, indent=2) + "\n")

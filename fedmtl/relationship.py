@@ -39,6 +39,22 @@ def _active_rows(W: jax.Array, active) -> tuple[jax.Array, jax.Array]:
     return W, jnp.maximum(jnp.sum(active), 1).astype(W.dtype)
 
 
+@jax.custom_batching.custom_vmap
+def _thin_svd(W: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(U [N, r], s [r]) of the thin SVD of W [N, d], r = min(N, d)."""
+    u, s, _ = jnp.linalg.svd(W, full_matrices=False)
+    return u, s
+
+
+@_thin_svd.def_vmap
+def _thin_svd_batched(axis_size, in_batched, W):
+    """A batch of SVDs (a sweep's runs: `Engine.sweep`) one after another: jaxlib's batched
+    LAPACK kernel waits for its batch on the thread pool it runs on, and deadlocks when
+    every pool thread runs such a kernel (jax 0.10.2, a sweep of MOCHA on 2 CPU devices)."""
+    del axis_size, in_batched
+    return jax.lax.map(_thin_svd, W), (True, True)
+
+
 def learned(W: jax.Array, eps: float, active: jax.Array | None = None) -> Omega:
     """Ω = Σ⁻¹ with Σ = N · M^{1/2} / tr(M^{1/2}), M = W Wᵀ + ε I, from a thin SVD of W.
 
@@ -67,7 +83,7 @@ def learned(W: jax.Array, eps: float, active: jax.Array | None = None) -> Omega:
       >>> omega = learned(jnp.ones((5, 3), jnp.float32), 1e-2)
     """
     W, n = _active_rows(W, active)
-    u, s, _ = jnp.linalg.svd(W, full_matrices=False)
+    u, s = _thin_svd(W)
     s2 = s * s
     r = s.shape[0]  # min(N, d); nonzero singular values: at most min(active, d)
     ridge = eps * jnp.sum(s2) / jnp.minimum(n, r) + jnp.finfo(W.dtype).tiny

@@ -265,8 +265,9 @@ def seeds_table(sweep: SeedComparison, metric: str | None = None, *,
         title=f"Test {metric}: mean ± s.e. over {len(sweep.seeds)} seeds ({direction} is "
         "better)",
         caption="over training seeds " + ", ".join(map(str, sweep.seeds)) + " (same data "
-        "split and initial model): mean: over nodes; worst10: mean of the worst 10% of "
-        "nodes; >local: share of nodes where the personalized model is strictly better than "
+        "split; " + ("initial weights drawn from each seed" if sweep.weights_per_seed else
+                     "same initial model") + "): mean: over nodes; worst10: mean of the worst "
+        "10% of nodes; >local: share of nodes where the personalized model is strictly better than "
         "the local-only one; ± one standard error (std over seeds / √S)" if caption else None,
     )
     for col in ("algorithm", "model", "mean", "worst10", ">local"):

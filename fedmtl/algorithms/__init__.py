@@ -19,6 +19,7 @@ from fedmtl.algorithms.local import local
 from fedmtl.algorithms.meta import perfedavg, perfedavg_hf, pfedme
 from fedmtl.algorithms.mixture import apfl, fedala
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
+from fedmtl.algorithms.recipe import Recipe, recipe
 from fedmtl.algorithms.scaffold import scaffold
 from fedmtl.algorithms.split import fedbabu, fedbn, fedper, fedrep, lg_fedavg
 
@@ -58,7 +59,8 @@ SUMMARIES = {name: summary for name, _, summary in _REGISTRY}
 """{name: what the algorithm does, in one line}, as `fedmtl compare --help` lists them."""
 
 __all__ = [
-    "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "ServerState",
+    "ALGORITHMS", "SUMMARIES", "Algorithm", "AlgorithmError", "PerNode", "Recipe",
+    "ServerState", "recipe",
     "for_node", "graph_mtl", "apfl", "ditto", "fedadagrad", "fedadam", "fedala", "fedavg",
     "fedavgm", "fedbabu", "fedbn", "fedper", "fedprox", "fedrep", "fedyogi", "ifca",
     "lg_fedavg", "local", "mocha", "perfedavg", "perfedavg_hf", "pfedme", "scaffold",

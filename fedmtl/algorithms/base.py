@@ -107,13 +107,23 @@ class ServerState(NamedTuple):
     opt_state: Any
 
 
+def traced(value) -> bool:
+    """Whether `value` is a traced array: a hyperparameter an `Engine` feeds a `Recipe` inside
+    its compiled program (its concrete values were checked when the engine built the recipe
+    with them)."""
+    return isinstance(value, jax.core.Tracer)
+
+
 def number(algorithm: str, argument: str, value, *, positive: bool = False) -> float:
-    """`value` as a float that is finite and >= 0 (> 0 if `positive`).
+    """`value` as a float that is finite and >= 0 (> 0 if `positive`); a `traced` value as it
+    is.
 
     Raises:
       AlgorithmError: anything else (a bool, a string, NaN, ...), naming the algorithm and
         argument.
     """
+    if traced(value):
+        return value
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
         value) and (value > 0 if positive else value >= 0)
     if not ok:
@@ -131,12 +141,15 @@ def squared_distance(a, b) -> jax.Array:
 def optimizer(
     opt: optax.GradientTransformation | float, algorithm: str, argument: str
 ) -> optax.GradientTransformation:
-    """`opt` as an optax transformation: a number is the learning rate of plain SGD.
+    """`opt` as an optax transformation: a number (or a `traced` one) is the learning rate of
+    plain SGD.
 
     Raises:
       AlgorithmError: `opt` is a number that is not finite and > 0 (a negative rate would
         ascend the loss), a bool, or neither a number nor a transformation.
     """
+    if traced(opt):
+        return optax.sgd(opt)
     if isinstance(opt, numbers.Real) and not isinstance(opt, bool):
         if not (math.isfinite(opt) and opt > 0):
             raise AlgorithmError(

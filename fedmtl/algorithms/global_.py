@@ -21,6 +21,7 @@ from fedmtl.algorithms.base import (
     split,
     split_trainer,
     squared_distance,
+    traced,
 )
 
 
@@ -132,7 +133,8 @@ def fedprox(
                                                         "server_optimizer"))
     local = optimizer(local_optimizer, "fedprox", "local_optimizer")
     proximal = lambda params, anchor: 0.5 * mu * squared_distance(params[0], anchor)
-    train = split_trainer(model, local, proximal if mu > 0 else None, class_weights, loss)
+    train = split_trainer(model, local, proximal if traced(mu) or mu > 0 else None,
+                          class_weights, loss)
     tune = split_trainer(model, local, class_weights=class_weights, loss=loss)
 
     return Algorithm(
@@ -152,7 +154,7 @@ def fedprox(
 
 def _server_rate(name: str, value) -> float:
     """The server learning rate η (`server_optimizer` of the named server optimizers)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not (isinstance(value, numbers.Real) or traced(value)) or isinstance(value, bool):
         raise AlgorithmError(
             f"{name}: server_optimizer is the server learning rate here, a number > 0, got "
             f"{value!r} ({type(value).__name__}); for another optax optimizer use "
@@ -163,7 +165,7 @@ def _server_rate(name: str, value) -> float:
 def _decay(name: str, argument: str, value) -> float:
     """A decay rate in [0, 1) (β₁, β₂, momentum)."""
     value = number(name, argument, value)
-    if value >= 1:
+    if not traced(value) and value >= 1:
         raise AlgorithmError(f"{name}: {argument} must be in [0, 1), got {value!r}")
     return value
 

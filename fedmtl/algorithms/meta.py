@@ -22,6 +22,7 @@ from fedmtl.algorithms.base import (
     optimizer,
     split,
     split_trainer,
+    traced,
 )
 from fedmtl.models import Model
 from fedmtl.objectives import masked_mean_loss
@@ -132,7 +133,7 @@ def pfedme(
     lam = number(name, "lam", lam, positive=True)
     inner_steps = _positive_int(name, "inner_steps", inner_steps)
     personal_lr = number(name, "personal_lr", personal_lr, positive=True)
-    if personal_lr * lam >= 2:
+    if not (traced(personal_lr) or traced(lam)) and personal_lr * lam >= 2:
         raise AlgorithmError(f"{name}: personal_lr * lam must be < 2 (the inner steps diverge "
                              f"otherwise), got {personal_lr} * {lam} = {personal_lr * lam}")
     local_opt = optimizer(local_optimizer, name, "local_optimizer")

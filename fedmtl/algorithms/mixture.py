@@ -19,6 +19,7 @@ from fedmtl.algorithms.base import (
     federated_parts,
     number,
     optimizer,
+    traced,
 )
 from fedmtl.models import Model
 from fedmtl.objectives import masked_mean_loss
@@ -118,12 +119,13 @@ def apfl(
     model, init, server_update, glob = federated_parts(
         "apfl", module, None, local_optimizer, server_optimizer, class_weights, loss)
     alpha0 = number("apfl", "alpha", alpha)
-    if alpha0 > 1:
+    if not traced(alpha0) and alpha0 > 1:
         raise AlgorithmError(f"apfl: alpha must be in [0, 1], got {alpha!r}")
     if not isinstance(adapt_alpha, bool):
         raise AlgorithmError(f"apfl: adapt_alpha must be True or False, got {adapt_alpha!r}")
     if alpha_lr is None:
-        if not isinstance(local_optimizer, numbers.Real) or isinstance(local_optimizer, bool):
+        if not (isinstance(local_optimizer, numbers.Real) or traced(local_optimizer)
+                ) or isinstance(local_optimizer, bool):
             raise AlgorithmError("apfl: alpha_lr must be given when local_optimizer is an optax "
                                  "transformation (its learning rate is not known)")
         alpha_lr = local_optimizer

@@ -22,6 +22,7 @@ from fedmtl.algorithms.base import (
     release,
     split,
     split_trainer,
+    traced,
 )
 from fedmtl.training import TrainState
 
@@ -105,13 +106,14 @@ def scaffold(
     Example:
       >>> algo = scaffold(MLP(60, [64], 10, rngs=nnx.Rngs(0)), local_optimizer=0.05)
     """
-    if not isinstance(local_optimizer, numbers.Real) or isinstance(local_optimizer, bool):
+    if not (isinstance(local_optimizer, numbers.Real) or traced(local_optimizer)) or isinstance(
+            local_optimizer, bool):
         raise AlgorithmError(
             f"scaffold: local_optimizer must be a learning rate (a number > 0): option II's "
             f"control variates need the local learning rate, got {local_optimizer!r} "
             f"({type(local_optimizer).__name__})")
     local = optimizer(local_optimizer, "scaffold", "local_optimizer")
-    eta = float(local_optimizer)
+    eta = local_optimizer if traced(local_optimizer) else float(local_optimizer)
     loss = loss_name(loss, "scaffold")
     model = split("scaffold", module, None)
     init_params, update_params = delta_server(model, optimizer(server_optimizer, "scaffold",

@@ -35,7 +35,10 @@ class AdaptiveState(NamedTuple):
 
 
 def _check(name: str, argument: str, value, low: float, high: float | None = None) -> float:
-    """`value` as a float in [low, high) (low < value when high is None), else ValueError."""
+    """`value` as a float in [low, high) (low < value when high is None), else ValueError; a
+    traced value as it is (`base.traced`)."""
+    if isinstance(value, jax.core.Tracer):
+        return value
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low <= value < high if high is not None else value > low)
     if not ok:

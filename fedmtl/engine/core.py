@@ -15,7 +15,8 @@ from fedmtl import federation as federation_lib
 from fedmtl import lanes as lanes_lib
 from fedmtl import privacy as privacy_lib
 from fedmtl import systems as systems_lib
-from fedmtl.algorithms import Algorithm, for_node
+from fedmtl.algorithms import Algorithm, AlgorithmError, for_node
+from fedmtl.algorithms.recipe import Recipe
 from fedmtl.data import FederatedData
 from fedmtl.devices import AXIS, Blocks
 from fedmtl.engine import trees
@@ -77,7 +78,9 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
       >>> per_node = engine.evaluate(state)   # {kind: {metric: [N]}}
 
     Args:
-      algorithm: an `Algorithm`.
+      algorithm: an `Algorithm`, or a `Recipe` that the engine builds inside its compiled
+        functions from each run's seed (the initial weights follow it) and traced
+        hyperparameters (`init(seed, hyper)`; `sweep` runs a grid of them in one program).
       data: the nodes' data. On CPU devices the engine reads its arrays in place (no copy;
         `fedmtl.devices.Blocks`): do not modify them while the engine is in use.
       federation: the run's configuration.
@@ -96,10 +99,13 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
     """
 
     def __init__(
-        self, algorithm: Algorithm, data: FederatedData, federation: Federation | None = None,
-        *, empty_nodes: int = 0,
+        self, algorithm: Algorithm | Recipe, data: FederatedData,
+        federation: Federation | None = None, *, empty_nodes: int = 0,
     ):
         fed = Federation() if federation is None else federation
+        self.recipe = algorithm if isinstance(algorithm, Recipe) else None
+        if self.recipe is not None:  # its algorithm for the federation's seed, checked
+            algorithm = self.recipe.concrete(fed.seed)
         federation_lib.check(fed, data.num_nodes)
         systems_lib.check(fed.systems, data.names, fed.cohort_size)
         check_model(algorithm.model, data)  # a named error now, not a traceback mid-training
@@ -164,7 +170,8 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
             fed, algorithm.name, self.upload_shapes, data.train.counts, expected)
         self._epsilons = np.zeros(0)
         self.secure = protection.secure_rule(
-            fed, algorithm, lambda: jax.eval_shape(lambda: self._init_state(self._seed()).server),
+            fed, algorithm, lambda: jax.eval_shape(
+                lambda h: self._init_state(self._seed(), h).server, self._hyper()),
             self.upload_shapes, self.cohort, expected)
         if not fed.systems.is_neutral and fed.rounds:
             self._check_participation(fed.rounds)
@@ -214,21 +221,43 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
     def _from_places(self, tree, layout: Layout):
         return tree if self.devices == 1 else devices_lib.from_places(tree, layout.position)
 
-    def init(self, seed: int | None = None) -> EngineState:
+    def _hyper(self, hyper: dict | None = None) -> dict[str, jax.Array]:
+        """A recipe's hyperparameters {name: [] float32}: `hyper` over its defaults ({} for an
+        algorithm; AlgorithmError for a name the recipe does not trace)."""
+        if self.recipe is None:
+            if hyper:
+                raise AlgorithmError(f"{self.algorithm.name}: hyperparameters "
+                                     f"{', '.join(hyper)} need an engine built from a Recipe")
+            return {}
+        values = {**self.recipe.hyper, **self.recipe.values(hyper)}
+        return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+
+    def _algo(self, seed: jax.Array, hyper: dict) -> Algorithm:
+        """The algorithm of the run with key data `seed` [2] and `hyper` (`EngineState`): the
+        engine's own, or its recipe built from them (inside the jitted functions: traced)."""
+        if self.recipe is None:
+            return self.algorithm
+        return self.recipe.build(jax.random.wrap_key_data(seed), **hyper)
+
+    def init(self, seed: int | None = None, hyper: dict | None = None) -> EngineState:
         """Initial server state and stacked node states (leaves [N, ...]) of a run with `seed`
         (default: `Federation.seed`). The seed drives initialization, cohorts, shuffling,
         systems draws, noise and fine-tuning, and is an input of the compiled rounds: runs
         with other seeds reuse the compilation. The attacker set, availability phases and
-        secure-aggregation keys are part of the federation and follow `Federation.seed`."""
-        return self._init(self._seed(seed))
+        secure-aggregation keys are part of the federation and follow `Federation.seed`.
 
-    def _init_state(self, seed: jax.Array) -> EngineState:
+        An engine built from a `Recipe` draws the initial weights from the seed too, and takes
+        `hyper` {name: value} over the recipe's defaults (also inputs, not constants)."""
+        return self._init(self._seed(seed), self._hyper(hyper))
+
+    def _init_state(self, seed: jax.Array, hyper: dict) -> EngineState:
+        algo = self._algo(seed, hyper)
         k_server, k_nodes = jax.random.split(stream(seed, _INIT))
-        nodes = jax.vmap(self.algorithm.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
-        server = self.algorithm.init(k_server, self.num_nodes)
+        nodes = jax.vmap(algo.init_node)(self._per_node(k_nodes))  # leaves [N, ...]
+        server = algo.init(k_server, self.num_nodes)
         clip = 0.0 if self.mechanism is None else self.mechanism.privacy.clip
         return EngineState(server, nodes, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
-                           jnp.asarray(clip, jnp.float32), seed)
+                           jnp.asarray(clip, jnp.float32), seed, hyper)
 
     def epsilons(self, rounds: int) -> np.ndarray:
         """ε at the privacy setting's δ after each of rounds 1..rounds, by RDP [rounds]
@@ -246,17 +275,29 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
         return protection.report(self.federation.privacy, self.mechanism, rounds)
 
     def _upload_shapes(self):
-        """Shapes of one node's upload (the round's upload buffer; the clock's upload time)."""
-        algo = self.algorithm
+        """Shapes of one node's upload (the round's upload buffer; the clock's upload time).
+        For a recipe, the first trace of its build: a hyperparameter it cannot trace is an
+        `AlgorithmError` here, before anything trains."""
 
-        def upload(state: EngineState):
+        def upload(hyper):
+            state = self._init_state(self._seed(), hyper)
+            algo = self._algo(state.seed, state.hyper)
             broadcast = algo.broadcast(state.server)
             node = jnp.zeros((), jnp.int32)
             node_state = trees.gather(state.nodes, node)
             train = algo.start(for_node(broadcast, node), node_state)
             return algo.finish(for_node(broadcast, node), node_state, train)[0]
 
-        return jax.eval_shape(lambda: upload(self._init_state(self._seed())))
+        try:
+            return jax.eval_shape(upload, self._hyper())
+        except jax.errors.ConcretizationTypeError as e:
+            if self.recipe is None:
+                raise
+            raise AlgorithmError(
+                f"{self.algorithm.name}: a tuned hyperparameter ({', '.join(self.recipe.hyper)})"
+                f" decides the program's structure, so it cannot be a traced input; tune only "
+                f"numbers used in arithmetic (learning rates, penalty weights) and run other "
+                f"values separately ({str(e).splitlines()[0]})") from None
 
     # ----- rounds -----
 
@@ -317,7 +358,7 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
     def _round(self, state: EngineState, tr: Blocks, counts, layout: Layout, profile,
                attackers):
         """One round; state.nodes by place (leaves [D·B, ...], split over the mesh)."""
-        algo, fed = self.algorithm, self.federation
+        algo, fed = self._algo(state.seed, state.hyper), self.federation
         key = jax.random.fold_in(stream(state.seed, _ROUNDS), state.round)
         _, k_nodes = jax.random.split(key)
         broadcast = algo.broadcast(state.server)
@@ -386,7 +427,8 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
         clock = state.clock + plan.metrics["round_time"]
         metrics = {"train_loss": loss / jnp.maximum(seen, 1.0), **plan.metrics, "time": clock,
                    **metrics}
-        return EngineState(server, nodes, state.round + 1, clock, clip, state.seed), metrics
+        return EngineState(server, nodes, state.round + 1, clock, clip, state.seed,
+                           state.hyper), metrics
 
     def _inputs(self) -> tuple:
         """What `_rounds` takes beside the state and the round count: the training split by

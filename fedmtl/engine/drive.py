@@ -83,10 +83,10 @@ class Driving:
                            checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint)
 
     def _drive(self, state: EngineState, rounds: int | None, chunk_fn, callback,
-               seeds: list[int] | None = None, *, checkpoint_every: int | None = None,
+               runs: list[str] | None = None, *, checkpoint_every: int | None = None,
                on_checkpoint=None):
-        """`run`'s loop over fused chunks of `chunk_fn`; with `seeds`, state and metrics carry
-        a leading seed axis [S] (`sweep`)."""
+        """`run`'s loop over fused chunks of `chunk_fn`; with `runs` (each run's label, e.g.
+        "seed 3"), state and metrics carry a leading run axis [S] (`sweep`)."""
         rounds = self.federation.rounds if rounds is None else rounds
         chunk = self.federation.rounds_per_sync
         first = int(np.ravel(state.round)[0])
@@ -113,8 +113,8 @@ class Driving:
             bad = np.argwhere(~np.isfinite(loss.reshape(-1, n)))
             if bad.size:
                 run, r = bad[0]
-                one = state if seeds is None else jax.tree.map(lambda a, i=run: a[i], state)
-                where = "" if seeds is None else f" (seed {seeds[run]})"
+                one = state if runs is None else jax.tree.map(lambda a, i=run: a[i], state)
+                where = "" if runs is None else f" ({runs[run]})"
                 raise DivergenceError(
                     self._divergence(one, first + done - n + int(r) + 1) + where,
                     state=state, history=_concat(history))

@@ -3,6 +3,8 @@ test rows, on the device that holds it, through the same lanes as training."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,21 +26,20 @@ class Evaluation:
     """Evaluation of `Engine` (a mixin: it reads the engine's algorithm, data, placement and
     lanes)."""
 
-    def _models_at(self, broadcast, nodes, placed, places) -> dict:
+    def _models_at(self, algo, broadcast, nodes, placed, places) -> dict:
         """{kind: (shared, personal)} of the nodes at this device's `places` [L] (leaves
-        [L, ...]), computed from the broadcast and their states when asked for: a broadcast
-        model is never stored once per node."""
-        algo = self.algorithm
+        [L, ...]), computed by `algo` (`Engine._algo`) from the broadcast and their states
+        when asked for: a broadcast model is never stored once per node."""
         return jax.vmap(lambda node, node_state: algo.models(for_node(broadcast, node),
                                                               node_state))(
             placed[places], trees.gather(nodes, places))
 
-    def _finetuned(self, broadcast, seed, nodes, tr: Blocks, placed):
+    def _finetuned(self, algo, broadcast, seed, nodes, tr: Blocks, placed):
         """On one device: each place's global model after `finetune_steps` local steps
         (leaves [B, ...]; zeros at places without training rows, which keep the global
         model: `_kinds_at`), or None when nothing is fine-tuned."""
-        algo, fed = self.algorithm, self.federation
-        kinds = jax.eval_shape(lambda: self._models_at(broadcast, nodes, placed,
+        fed = self.federation
+        kinds = jax.eval_shape(lambda: self._models_at(algo, broadcast, nodes, placed,
                                                        jnp.zeros(1, jnp.int32)))
         if not (fed.finetune_steps and algo.finetune and "global" in kinds):
             return None
@@ -50,7 +51,7 @@ class Evaluation:
             return trees.scatter(out, jnp.where(done, place, block), states.params)
 
         def start(node, place):
-            one = self._models_at(broadcast, nodes, placed, place[None])["global"]
+            one = self._models_at(algo, broadcast, nodes, placed, place[None])["global"]
             return tune.init(jax.tree.map(lambda leaf: leaf[0], one))
 
         out = jax.tree.map(lambda s: jnp.zeros((block,) + s.shape[1:], s.dtype),
@@ -61,30 +62,32 @@ class Evaluation:
         )
         return tuned
 
-    def _kinds_at(self, broadcast, nodes, placed, tuned, counts, places) -> dict:
+    def _kinds_at(self, algo, broadcast, nodes, placed, tuned, counts, places) -> dict:
         """Every kind's models of the nodes at `places` [L], "personalized" from `tuned`
         (`_finetuned`) where it is not None and the node has training rows."""
-        kinds = self._models_at(broadcast, nodes, placed, places)
+        kinds = self._models_at(algo, broadcast, nodes, placed, places)
         if tuned is not None:
             kinds["personalized"] = trees.select(counts[places] > 0,
                                                  trees.gather(tuned, places), kinds["global"])
         return kinds
 
-    def _models_here(self, broadcast, seed, nodes, tr: Blocks, layout: Layout) -> dict:
+    def _models_here(self, algo, broadcast, seed, nodes, tr: Blocks, layout: Layout) -> dict:
         """On one device (inside `_spmd`): {kind: (shared, personal)} of its places, leaves
         [B, ...]; a global model is also fine-tuned into "personalized" when
         `finetune_steps` > 0."""
         _, placed = self._here(layout)
-        tuned = self._finetuned(broadcast, seed, nodes, tr, placed)
-        return self._kinds_at(broadcast, nodes, placed, tuned, tr.counts,
+        tuned = self._finetuned(algo, broadcast, seed, nodes, tr, placed)
+        return self._kinds_at(algo, broadcast, nodes, placed, tuned, tr.counts,
                               jnp.arange(self.placement.block))
 
     def _models(self, state: EngineState, tr: Blocks, layout: Layout) -> dict:
         """{kind: (shared, personal)} of every node in data order, leaves [N, ...]."""
-        broadcast = self.algorithm.broadcast(state.server)
+        algo = self._algo(state.seed, state.hyper)
+        broadcast = algo.broadcast(state.server)
         nodes = self._to_places(state.nodes, layout)
         S, R = P(AXIS), P()
-        kinds = self._spmd(self._models_here, (R, R, S, self.split_specs, R), S)(
+        kinds = self._spmd(functools.partial(self._models_here, algo),
+                           (R, R, S, self.split_specs, R), S)(
             broadcast, state.seed, nodes, tr, layout)
         return self._replicated(self._from_places(kinds, layout))
 
@@ -97,10 +100,12 @@ class Evaluation:
 
     def _evaluate_placed(self, state: EngineState, tr: Blocks, te: Blocks, layout: Layout):
         """`_evaluate_all` of a state whose nodes are by place (inside the rounds' scan)."""
-        broadcast = self.algorithm.broadcast(state.server)
+        algo = self._algo(state.seed, state.hyper)
+        broadcast = algo.broadcast(state.server)
         S, R = P(AXIS), P()
         split = self.split_specs
-        out, scores = self._spmd(self._evaluate_here, (R, R, S, split, split, R), (S, S))(
+        out, scores = self._spmd(functools.partial(self._evaluate_here, algo),
+                                 (R, R, S, split, split, R), (S, S))(
             broadcast, state.seed, state.nodes, tr, te, layout)
         out = self._from_places(out, layout)
         return {kind: finish_metrics(self.data.task, sums) for kind, sums in out.items()}, scores
@@ -115,14 +120,15 @@ class Evaluation:
         return jax.lax.cond(due, evaluate, lambda: jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype), shapes)), due
 
-    def _evaluate_here(self, broadcast, seed, nodes, tr: Blocks, te: Blocks, layout: Layout):
+    def _evaluate_here(self, algo, broadcast, seed, nodes, tr: Blocks, te: Blocks,
+                       layout: Layout):
         """On one device (inside `_spmd`): metric sums of its places [B] per kind, and its
         test rows' binary scores [R] per kind."""
-        task, apply = self.data.task, self.algorithm.model.apply
+        task, apply = self.data.task, algo.model.apply
         _, placed = self._here(layout)
-        tuned = self._finetuned(broadcast, seed, nodes, tr, placed)
-        kinds_at = lambda places: self._kinds_at(broadcast, nodes, placed, tuned, tr.counts,
-                                                 places)
+        tuned = self._finetuned(algo, broadcast, seed, nodes, tr, placed)
+        kinds_at = lambda places: self._kinds_at(algo, broadcast, nodes, placed, tuned,
+                                                 tr.counts, places)
         block = self.placement.block
         rows = jnp.zeros(EVAL_BATCH, jnp.int32)
         def first_kind():  # one node's models and one batch's metric sums, for their shapes

@@ -32,7 +32,9 @@ class EngineState(NamedTuple):
     clock: [] simulated time elapsed (`fedmtl.systems`); clip_norm: [] the DP clip norm of the
     next round (adaptive clipping moves it; `fedmtl.privacy`); seed: [2] uint32, the run's
     key data (`Engine.init(seed)`): every random stream of training derives from it, so it is
-    an input of the compiled rounds, not a constant (a new seed does not recompile)."""
+    an input of the compiled rounds, not a constant (a new seed does not recompile); hyper:
+    {name: []} float32, the traced hyperparameters of an engine built from a `Recipe` ({}
+    otherwise), inputs of the compiled program too."""
 
     server: Any
     nodes: Any
@@ -40,6 +42,7 @@ class EngineState(NamedTuple):
     clock: jax.Array
     clip_norm: jax.Array
     seed: jax.Array
+    hyper: Any = {}
 
 
 def stream(seed: jax.Array, purpose: int) -> jax.Array:
