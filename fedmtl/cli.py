@@ -12,7 +12,7 @@ from rich.console import Console
 
 from fedmtl import __version__, configs, learning_curves, plots, progress, tycoon
 from fedmtl import algorithms as algos
-from fedmtl.algorithms.recipe import Recipe
+from fedmtl.algorithms.recipes import Recipe
 from fedmtl.cli_arguments import (  # noqa: F401  (load_data, DEFAULT_*: the CLI's API)
     DATASETS,
     DEFAULT_LR,

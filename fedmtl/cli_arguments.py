@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedmtl import algorithms as algos
 from fedmtl import models
-from fedmtl.algorithms.recipe import Recipe, recipe
+from fedmtl.algorithms.recipes import Recipe, recipe
 from fedmtl.cli_common import CliError, bounded
 from fedmtl.data import FederatedData
 from fedmtl.objectives import LOSSES, balanced_class_weights

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from fedmtl.algorithms import Algorithm
-from fedmtl.algorithms.recipe import Recipe
+from fedmtl.algorithms.recipes import Recipe
 from fedmtl.data import FederatedData
 from fedmtl.engine import DivergenceError, Engine, EngineState, Federation
 from fedmtl.engine.state import _concat

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from fedmtl.algorithms.recipe import Recipe
+from fedmtl.algorithms.recipes import Recipe
 from fedmtl.data import FederatedData
 from fedmtl.engine import Federation
 from fedmtl.experiment import AlgorithmResult, sweep_algorithm
@@ -27,7 +27,7 @@ class GridSweep:
       points: the G settings {hyperparameter: value}, in order: the product of the grid's
         values, the first hyperparameter varying slowest.
       seeds: the S training seeds (the same for every setting).
-      results: results[g][s], the `AlgorithmResult` of setting g and seed s.
+      results: `results[g][s]` is the `AlgorithmResult` of setting g and seed s.
       seconds: the whole sweep's wall time (compilation, training, evaluation).
     """
 

@@ -19,7 +19,7 @@ from fedmtl.algorithms.local import local
 from fedmtl.algorithms.meta import perfedavg, perfedavg_hf, pfedme
 from fedmtl.algorithms.mixture import apfl, fedala
 from fedmtl.algorithms.mtl import ditto, graph_mtl, mocha
-from fedmtl.algorithms.recipe import Recipe, recipe
+from fedmtl.algorithms.recipes import Recipe, recipe
 from fedmtl.algorithms.scaffold import scaffold
 from fedmtl.algorithms.split import fedbabu, fedbn, fedper, fedrep, lg_fedavg
 

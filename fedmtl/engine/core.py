@@ -16,7 +16,7 @@ from fedmtl import lanes as lanes_lib
 from fedmtl import privacy as privacy_lib
 from fedmtl import systems as systems_lib
 from fedmtl.algorithms import Algorithm, AlgorithmError, for_node
-from fedmtl.algorithms.recipe import Recipe
+from fedmtl.algorithms.recipes import Recipe
 from fedmtl.data import FederatedData
 from fedmtl.devices import AXIS, Blocks
 from fedmtl.engine import trees
