@@ -52,7 +52,7 @@ class Sweep:
           seeds: S run seeds; with `hyper`, runs may share a seed (not a whole setting).
           rounds: rounds per run (default: the federation's).
           hyper: {name: S values}, a recipe's traced hyperparameters per run (e.g. a grid
-            of learning rates × seeds laid out flat: `experiment.sweep_grid`).
+            of learning rates × seeds laid out flat: `fedmtl.tuning.sweep_grid`).
           callback: as in `run`, with each metric's mean over the runs.
 
         Returns:
