@@ -150,26 +150,30 @@ def row_index(placement: Placement, counts: np.ndarray):
     place within its device, B for padding; local [D, R] its position within its node;
     where [T] each data row's index in the flattened [D·R] layout)."""
     counts = np.asarray(counts, np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])
     by_place = placement.blocks(counts)  # [D, B]
     width = max(1, int(by_place.sum(axis=1).max()))
+    if placement.devices * width >= 2**31:  # the device arrays index rows with int32
+        raise ValueError(f"{placement.devices} x {width} device rows exceed int32 indices")
+    i32 = np.int32  # every index below fits (and the scratch at 100,000 nodes halves)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(i32)
     offsets = np.cumsum(by_place, axis=1) - by_place  # within the device
     flat_counts = by_place.reshape(-1)
     total = int(flat_counts.sum())
-    place_of_row = np.repeat(np.arange(flat_counts.size), flat_counts)
-    node = placement.placed[place_of_row]
-    within = np.arange(total) - np.repeat(np.cumsum(flat_counts) - flat_counts, flat_counts)
-    device = place_of_row // placement.block
-    column = offsets.reshape(-1)[place_of_row] + within
+    place_of_row = np.repeat(np.arange(flat_counts.size, dtype=i32), flat_counts)
+    node = placement.placed.astype(i32)[place_of_row]
+    within = np.arange(total, dtype=i32) - np.repeat(
+        (np.cumsum(flat_counts) - flat_counts).astype(i32), flat_counts)
+    device = place_of_row // i32(placement.block)
+    column = offsets.reshape(-1).astype(i32)[place_of_row] + within
     shape = (placement.devices, width)
-    rows = np.full(shape, -1, np.int64)
+    rows = np.full(shape, -1, i32)
     rows[device, column] = starts[node] + within
-    segment = np.full(shape, placement.block, np.int64)
-    segment[device, column] = place_of_row % placement.block
-    local = np.zeros(shape, np.int64)
+    segment = np.full(shape, placement.block, i32)
+    segment[device, column] = place_of_row % i32(placement.block)
+    local = np.zeros(shape, i32)
     local[device, column] = within
-    where = np.empty(int(starts[-1]), np.int64)
-    where[starts[node] + within] = device * width + column
+    where = np.empty(int(starts[-1]), i32)
+    where[starts[node] + within] = device * i32(width) + column
     return rows, offsets, segment, local, where
 
 
