@@ -337,6 +337,9 @@ def compare_seeds(
     """`compare` over S training seeds: each algorithm trains all S runs as one vectorized
     program (`sweep_algorithm`) on the same data; the data split is the caller's, fixed.
 
+    Give `Recipe`s (`fedmtl.recipe`) for each seed to draw its own initial weights; an
+    `Algorithm` starts every seed from its own weights (`SeedComparison.weights_per_seed`).
+
     An algorithm that diverges on any seed fails as a whole (its `Failure` names the seed
     and, as every `seconds` here, its wall time divided by S); the others still run.
 

@@ -50,7 +50,9 @@ def _thin_svd(W: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _thin_svd_batched(axis_size, in_batched, W):
     """A batch of SVDs (a sweep's runs: `Engine.sweep`) one after another: jaxlib's batched
     LAPACK kernel waits for its batch on the thread pool it runs on, and deadlocks when
-    every pool thread runs such a kernel (jax 0.10.2, a sweep of MOCHA on 2 CPU devices)."""
+    every pool thread runs such a kernel (jax 0.10.2, a sweep of MOCHA on 2 CPU devices).
+    (A `custom_vmap` has no reverse-mode derivative: Ω is learned by the server, never
+    differentiated through.)"""
     del axis_size, in_batched
     return jax.lax.map(_thin_svd, W), (True, True)
 

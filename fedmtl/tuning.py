@@ -43,15 +43,33 @@ class GridSweep:
         metrics = next(iter(self.results[0][0].per_node.values()))
         return "regression" if "rmse" in metrics else "classification"
 
-    def summary(self, kind: str = "personalized", metric: str | None = None) -> list[dict]:
+    def kinds(self) -> list[str]:
+        """The model kinds the runs report (e.g. "global", "personalized", "local")."""
+        return list(self.results[0][0].per_node)
+
+    def _kind(self, kind: str | None) -> str:
+        """`kind`, by default "personalized" where the algorithm reports it, else "global"."""
+        kinds = self.kinds()
+        if kind is None:
+            kind = "personalized" if "personalized" in kinds else kinds[0]
+        if kind not in kinds:
+            raise KeyError(f"{self.name} reports no {kind!r} models; it has {', '.join(kinds)}")
+        return kind
+
+    def summary(self, kind: str | None = None, metric: str | None = None) -> list[dict]:
         """One row per setting: its hyperparameters, then "node_mean" and "worst10" (the node
         mean and the worst 10% of nodes of `metric` for models of `kind`, over nodes with a
         defined value), each {"mean", "se"} over the seeds (`report.mean_se`).
 
+        Args:
+          kind: the model kind (default: "personalized" where the algorithm reports it, else
+            "global": FedAvg without fine-tuning).
+          metric: default the task's primary one (accuracy; RMSE for regression).
+
         Raises:
-          KeyError: the algorithm has no `kind` models or no such metric.
+          KeyError: the algorithm has no `kind` models (naming those it has) or no such metric.
         """
-        metric = metric or primary_metric(self.task)
+        kind, metric = self._kind(kind), metric or primary_metric(self.task)
         rows = []
         for point, runs in zip(self.points, self.results, strict=True):
             values = [np.asarray(r.per_node[kind][metric], float) for r in runs]
@@ -61,8 +79,9 @@ class GridSweep:
                          "worst10": mean_se([worst10(v, metric) for v in values])})
         return rows
 
-    def best(self, kind: str = "personalized", metric: str | None = None) -> dict[str, float]:
-        """The setting whose node mean over the seeds is best (first on ties)."""
+    def best(self, kind: str | None = None, metric: str | None = None) -> dict[str, float]:
+        """The setting whose node mean over the seeds is best (first on ties); `kind` and
+        `metric` as in `summary`."""
         metric = metric or primary_metric(self.task)
         means = [row["node_mean"]["mean"] for row in self.summary(kind, metric)]
         pick = np.argmax(means) if HIGHER_IS_BETTER[metric] else np.argmin(means)
@@ -112,7 +131,8 @@ def sweep_grid(
 
     Raises:
       AlgorithmError: a name the recipe does not trace, or a value its factory rejects.
-      DivergenceError: some run diverged (the message names its seed and setting).
+      DivergenceError: some run diverged (the message names its seed and setting). The runs
+        train as one program, so the grid stops there: drop that value and run it again.
     """
     seeds = tuple(int(s) for s in seeds)
     if not seeds or len(set(seeds)) != len(seeds):

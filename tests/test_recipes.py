@@ -110,21 +110,28 @@ def test_sweep_grid_reports_each_setting_over_seeds():
         means = [np.nanmean(r.per_node["global"]["accuracy"]) for r in runs]
         assert row["node_mean"]["mean"] == pytest.approx(np.mean(means))
         assert row["node_mean"]["se"] == pytest.approx(np.std(means, ddof=1) / np.sqrt(2))
+    assert found.summary() == found.summary("personalized", "accuracy")  # the defaults
+    with pytest.raises(KeyError, match="fedavg reports no 'shared' models; it has"):
+        found.summary("shared")
     best = max(rows, key=lambda r: r["node_mean"]["mean"])
     assert found.best("global", "accuracy") == {"local_optimizer": best["local_optimizer"]}
 
 
 def test_bad_recipes_and_sweeps_are_named_errors_before_training():
     tiny = data()
-    with pytest.raises(AlgorithmError, match="fedala: a tuned hyperparameter \\(sample\\) "
+    with pytest.raises(AlgorithmError, match="fedala: a tuned hyperparameter \\(one of sample\\) "
                        "decides the program's structure"):
         Engine(_recipe("fedala", ("sample",), sample=0.5), tiny, FED)
-    with pytest.raises(AlgorithmError, match="tune='mu' needs a number"):
-        _recipe("fedprox", ("mu",))
+    with pytest.raises(AlgorithmError, match="tune='inner_steps' needs a float value"):
+        _recipe("pfedme", ("inner_steps",))  # the factory's default, an integer: a shape
     engine = Engine(_recipe("fedavg"), tiny, FED)
     with pytest.raises(AlgorithmError, match="mu is not among its traced hyperparameters "
                        "\\(local_optimizer\\)"):
         engine.init(0, {"mu": 0.1})
+    with pytest.raises(AlgorithmError, match="learning rate must be a finite number > 0"):
+        engine.init(0, {"local_optimizer": -0.1})  # the factory's own check, not skipped
+    with pytest.raises(AlgorithmError, match="local_optimizer must be one number"):
+        engine.sweep([0, 1], hyper={"local_optimizer": [[0.1, 0.2], [0.1, 0.2]]})
     with pytest.raises(AlgorithmError, match="need an engine built from a Recipe"):
         Engine(algorithms.fedavg(_module(0)), tiny, FED).init(0, {"local_optimizer": 0.1})
     with pytest.raises(ValueError, match="one value per seed \\(2\\)"):

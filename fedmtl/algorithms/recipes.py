@@ -5,6 +5,8 @@ vectorized program (`Engine.sweep`, `experiment.sweep_grid`)."""
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -68,20 +70,26 @@ def recipe(factory: Callable[..., Algorithm], module: Callable[[jax.Array], nnx.
     Args:
       factory: an algorithm factory, e.g. `fedavg`.
       module: key -> a fresh `nnx.Module` whose weights are drawn from `nnx.Rngs(key)`.
-      tune: the keywords of `factory` to trace; each must be in `kwargs` (its default) and
-        be a number the factory uses in arithmetic only (a learning rate, a proximal weight),
-        not to decide the model's shapes or the program's structure.
+      tune: the keywords of `factory` to trace; each a real number (given in `kwargs`, else
+        the factory's default) that the factory uses in arithmetic only (a learning rate, a
+        proximal weight), not to decide the model's shapes or the program's structure.
       kwargs: the factory's keywords.
 
     Raises:
-      AlgorithmError: a tuned keyword without a numeric value in `kwargs`, or what the
+      AlgorithmError: a tuned keyword that is not a float (an integer such as a step count
+        decides the program's structure; an optax optimizer is not one number), or what the
         factory raises for its arguments (the recipe is built once here, with seed 0).
     """
+    name = getattr(factory, "__name__", "recipe")
+    defaults = {p.name: p.default for p in inspect.signature(factory).parameters.values()
+                if p.default is not p.empty}
+    hyper = {}
     for key in tune:
-        value = kwargs.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise AlgorithmError(f"{getattr(factory, '__name__', 'recipe')}: tune={key!r} "
-                                 f"needs a number in {key}=..., got {value!r}")
-    hyper = {key: float(kwargs.pop(key)) for key in tune}
+        value = kwargs.pop(key) if key in kwargs else defaults.get(key)
+        if isinstance(value, (bool, numbers.Integral)) or not isinstance(value, numbers.Real):
+            raise AlgorithmError(f"{name}: tune={key!r} needs a float value ({key}=0.05, or "
+                                 f"the factory's default), got {value!r}; only continuous "
+                                 f"numbers can be traced")
+        hyper[key] = float(value)
     build = lambda key, **h: factory(module(key), **kwargs, **h)
     return Recipe(build(jax.random.key(0), **hyper).name, build, hyper)

@@ -3,6 +3,8 @@ and the jitted rounds."""
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +106,7 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
     ):
         fed = Federation() if federation is None else federation
         self.recipe = algorithm if isinstance(algorithm, Recipe) else None
+        self._checked: set = set()  # a recipe's settings its factory has accepted (`_hyper`)
         if self.recipe is not None:  # its algorithm for the federation's seed, checked
             algorithm = self.recipe.concrete(fed.seed)
         federation_lib.check(fed, data.num_nodes)
@@ -223,13 +226,27 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
 
     def _hyper(self, hyper: dict | None = None) -> dict[str, jax.Array]:
         """A recipe's hyperparameters {name: [] float32}: `hyper` over its defaults ({} for an
-        algorithm; AlgorithmError for a name the recipe does not trace)."""
+        algorithm).
+
+        Raises:
+          AlgorithmError: a name the recipe does not trace, a value that is not one number,
+            or one the factory rejects (each setting is built once with plain values: the
+            traced build skips the factory's checks).
+        """
         if self.recipe is None:
             if hyper:
                 raise AlgorithmError(f"{self.algorithm.name}: hyperparameters "
                                      f"{', '.join(hyper)} need an engine built from a Recipe")
             return {}
         values = {**self.recipe.hyper, **self.recipe.values(hyper)}
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise AlgorithmError(f"{self.algorithm.name}: hyperparameter {name} must be "
+                                     f"one number, got {value!r}")
+        setting = tuple(sorted((k, float(v)) for k, v in values.items()))
+        if setting not in self._checked:
+            self.recipe.concrete(self.federation.seed, dict(setting))
+            self._checked.add(setting)
         return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
     def _algo(self, seed: jax.Array, hyper: dict) -> Algorithm:
@@ -290,12 +307,14 @@ class Engine(LaneTraining, Evaluation, Driving, Sweep):
 
         try:
             return jax.eval_shape(upload, self._hyper())
-        except jax.errors.ConcretizationTypeError as e:
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                jax.errors.TracerArrayConversionError) as e:
             if self.recipe is None:
                 raise
             raise AlgorithmError(
-                f"{self.algorithm.name}: a tuned hyperparameter ({', '.join(self.recipe.hyper)})"
-                f" decides the program's structure, so it cannot be a traced input; tune only "
+                f"{self.algorithm.name}: a tuned hyperparameter (one of "
+                f"{', '.join(self.recipe.hyper)}) decides the program's structure while the "
+                f"nodes start, train or finish, so it cannot be a traced input; tune only "
                 f"numbers used in arithmetic (learning rates, penalty weights) and run other "
                 f"values separately ({str(e).splitlines()[0]})") from None
 

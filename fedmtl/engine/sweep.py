@@ -16,7 +16,7 @@ from fedmtl.engine.state import EngineState
 def run_labels(seeds: Sequence[int], hyper: Mapping[str, Sequence[float]] | None = None
                ) -> list[str]:
     """Each run of a sweep named for messages: "seed 3", or "seed 3, local_optimizer=0.1"."""
-    return [f"seed {s}" + "".join(f", {k}={v[i]:g}" for k, v in (hyper or {}).items())
+    return [f"seed {s}" + "".join(f", {k}={v[i]}" for k, v in (hyper or {}).items())
             for i, s in enumerate(seeds)]
 
 
@@ -65,14 +65,15 @@ class Sweep:
             seed and round).
         """
         seeds = [int(s) for s in seeds]
-        hyper = {k: [float(v) for v in values] for k, values in (hyper or {}).items()}
+        hyper = {k: list(values) for k, values in (hyper or {}).items()}
         wrong = {k: len(v) for k, v in hyper.items() if len(v) != len(seeds)}
         if wrong:
             raise ValueError(f"sweep needs one value per seed ({len(seeds)}); got {wrong}")
+        per_run = [self._hyper({k: v[i] for k, v in hyper.items()}) for i in range(len(seeds))]
+        hyper = {k: [float(v) for v in values] for k, values in hyper.items()}  # checked
         runs = list(zip(seeds, *hyper.values(), strict=True))
         if not seeds or len(set(runs)) != len(runs):
             raise ValueError(f"sweep needs distinct runs, got {runs if hyper else seeds}")
-        per_run = [self._hyper({k: v[i] for k, v in hyper.items()}) for i in range(len(seeds))]
         states = self._init_many(jnp.stack([self._seed(s) for s in seeds]),
                                  jax.tree.map(lambda *v: jnp.stack(v), *per_run))
         return self._drive(states, rounds, self._run_many, callback, run_labels(seeds, hyper))
