@@ -66,7 +66,7 @@ def test_sweep_curves_carry_the_seed_axis():
     assert found["global"]["accuracy"].shape == (2, d.num_nodes, 2)
     # whether a round is evaluated is one decision for all seeds: a real conditional, not a
     # select that would evaluate every round
-    states = engine._init_many(np.stack([engine._seed(s) for s in (0, 1)]))
+    states = engine._init_many(np.stack([engine._seed(s) for s in (0, 1)]), {})
     program = engine._run_many.lower(states, *engine._inputs(), np.int32(0), 1).as_text()
     assert "stablehlo.case" in program
     one = Engine(algorithms.fedavg(mlp()), d, BASE._replace(rounds=2, eval_every=1, seed=1))
