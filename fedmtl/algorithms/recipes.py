@@ -1,7 +1,7 @@
 """Recipes: algorithms the engine builds inside its compiled program, so that the initial
 weights follow the run's seed and chosen hyperparameters (learning rates, proximal weights)
 are traced inputs: runs that differ in them share one compilation and can be swept as one
-vectorized program (`Engine.sweep`, `experiment.sweep_grid`)."""
+vectorized program (`Engine.sweep`, `fedmtl.tuning.sweep_grid`)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Recipe(NamedTuple):
         unknown = sorted(set(hyper) - set(self.hyper))
         if unknown:
             known = ", ".join(self.hyper) or "none"
-            raise AlgorithmError(f"recipe: {', '.join(unknown)} is not among its traced "
+            raise AlgorithmError(f"{self.name}: {', '.join(unknown)} is not among its traced "
                                  f"hyperparameters ({known}); name it in recipe(..., tune=)")
         return hyper
 
